@@ -1,0 +1,1 @@
+"""Copy suppression and negative heads, recovery statistics, plotly figures, HTML report."""

@@ -1,0 +1,1 @@
+"""What reads the model: error-injected reasoning traces, linear probes and layer sweeps, P(True) estimators."""

@@ -1,0 +1,1 @@
+"""Steering vectors (build, save, load, GGUF), fused application during generation, test-time scaling loops."""

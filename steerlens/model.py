@@ -1,0 +1,275 @@
+"""``load()`` and the ``Model`` wrapper: one set of weights, three views (transformers, TransformerLens, nnsight)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelNotAvailable, SteerlensError
+from .registry import EMBEDDED
+from .sites import Site, parse_site, parse_sites
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape facts every steerlens function needs, read from the HF config."""
+
+    name: str
+    model_type: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+
+    @classmethod
+    def from_hf(cls, name: str, config: Any) -> ModelConfig:
+        n_heads = config.num_attention_heads
+        return cls(
+            name=name,
+            model_type=config.model_type,
+            n_layers=config.num_hidden_layers,
+            d_model=config.hidden_size,
+            n_heads=n_heads,
+            n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+            d_head=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
+            d_mlp=config.intermediate_size,
+            d_vocab=config.vocab_size,
+        )
+
+
+class Model:
+    """A causal LM with three views over the same parameters.
+
+    ``hf`` is the transformers module (fastest generation); ``lens`` a TransformerLens model (HookedTransformer
+    where TL supports the architecture, else TransformerBridge); ``nn`` an nnsight model. ``lens`` and ``nn``
+    are built on first use. Hook sites use TransformerLens names in every view (``model.site(name)``).
+    """
+
+    def __init__(self, name: str, hf: nn.Module, tokenizer: Any, *, tl_name: str | None, lens_kind: str):
+        self.name = name
+        self.hf = hf.eval()
+        self.tokenizer = tokenizer
+        self.cfg = ModelConfig.from_hf(name, hf.config)
+        self._tl_name = tl_name
+        self._lens_kind = lens_kind
+        self._lens: Any = None
+        self._nn: Any = None
+        self.lens_shared_fraction: float | None = None
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return f"Model({self.name!r}, {c.model_type}, layers={c.n_layers}, d_model={c.d_model}, dtype={self.dtype})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    # ---- views -------------------------------------------------------------------------------------
+    @property
+    def lens(self) -> Any:
+        """TransformerLens view. Weight matrices are shared with ``hf`` (no copy), except where TL stores a
+        transformed tensor: Gemma's embedding (pre-scaled by sqrt(d_model)) and norm weights (+1)."""
+        if self._lens is None:
+            if self._lens_kind == "hooked":
+                from transformer_lens import HookedTransformer
+
+                with _quiet():
+                    ht = HookedTransformer.from_pretrained_no_processing(
+                        self._tl_name,
+                        hf_model=self.hf,
+                        tokenizer=self.tokenizer,
+                        device=self.device,
+                        dtype=self.dtype,
+                    )
+                ht.eval()
+                self.lens_shared_fraction = share_hooked_weights(ht, self.hf, self.cfg)
+                self._lens = ht
+            else:
+                from transformer_lens.model_bridge import TransformerBridge
+
+                # The bridge wraps this very module (shared by construction); note it switches the module's
+                # attention to the eager implementation so attention patterns can be hooked.
+                with _quiet():
+                    self._lens = TransformerBridge.boot_transformers(
+                        self._tl_name or self.name,
+                        hf_model=self.hf,
+                        tokenizer=self.tokenizer,
+                        device=self.device,
+                        dtype=self.dtype,
+                    )
+                self.lens_shared_fraction = 1.0
+        return self._lens
+
+    @property
+    def nn(self) -> Any:
+        """nnsight view tracing the same module (``with model.nn.trace(ids): ...``)."""
+        if self._nn is None:
+            from nnsight.modeling.transformers import TransformersModel
+
+            self._nn = TransformersModel(self.hf, tokenizer=self.tokenizer, task="text-generation")
+        return self._nn
+
+    # ---- sites and text ----------------------------------------------------------------------------
+    def site(self, name: str) -> Site:
+        """Resolve one TransformerLens-style site name (raises ``SiteError`` naming valid choices)."""
+        return parse_site(name, self.cfg)
+
+    def sites(self, names: str | list[str]) -> list[Site]:
+        """Resolve several names; ``blocks.*.hook_resid_post`` expands to every layer."""
+        return parse_sites(names, self.cfg)
+
+    def tokenize(self, texts: str | list[str]) -> list[list[int]]:
+        """Token ids per text, with the tokenizer's own special tokens (BOS for Gemma)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    def chat_prompt(self, messages: str | list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render messages with the model's chat template (a string is one user turn)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise SteerlensError(
+                f"model {self.name!r} has no chat template (a base model); build a plain-text or few-shot "
+                "prompt instead, or set model.tokenizer.chat_template to a Jinja template"
+            )
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    @torch.no_grad()
+    def logits(self, text: str | list[int]) -> torch.Tensor:
+        """Logits ``[pos, d_vocab]`` of one text or token list from the HF view."""
+        ids = self.tokenize(text)[0] if isinstance(text, str) else list(text)
+        return self.hf(torch.tensor([ids], device=self.device)).logits[0]
+
+
+def load(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    lens: str = "auto",
+) -> Model:
+    """Load a model by embedded name (``gemma-3-270m``, ``smollm2-135m-instruct``), local dir, or HF id.
+
+    Embedded models need no network: their GGUF is dequantized once and cached as safetensors.
+    ``lens`` picks the TransformerLens view: "hooked", "bridge" or "auto" (hooked where TL supports it).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path in EMBEDDED:
+        from .weights import cached_model_dir
+
+        entry = EMBEDDED[name_or_path]
+        source: str | Path = cached_model_dir(entry)
+        tl_name, lens_kind = entry.hf_id, entry.lens
+    elif Path(name_or_path).expanduser().is_dir():
+        source, tl_name, lens_kind = Path(name_or_path).expanduser(), None, "bridge"
+    elif "/" in name_or_path or name_or_path in _tl_official_names():
+        source, tl_name = name_or_path, name_or_path
+        lens_kind = "hooked" if name_or_path in _tl_official_names() else "bridge"
+    else:
+        raise ModelNotAvailable(
+            f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
+            "directory, and not a Hugging Face id like 'org/name'. Use one of the embedded names, or a path "
+            "to a directory holding config.json and weights"
+        )
+    if lens != "auto":
+        if lens not in ("hooked", "bridge"):
+            raise SteerlensError(f"lens={lens!r}: expected 'auto', 'hooked' or 'bridge'")
+        lens_kind = lens
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        with _quiet():
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+    except OSError as e:
+        raise ModelNotAvailable(
+            f"could not load {name_or_path!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). Without "
+            f"network access use an embedded model ({', '.join(EMBEDDED)}) or a local directory"
+        ) from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Model(name_or_path, hf, tokenizer, tl_name=tl_name, lens_kind=lens_kind)
+
+
+def _tl_official_names() -> set[str]:
+    from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+
+    return set(OFFICIAL_MODEL_NAMES) | {a for aliases in MODEL_ALIASES.values() for a in aliases}
+
+
+def share_hooked_weights(ht: nn.Module, hf: nn.Module, cfg: ModelConfig) -> float:
+    """Point a HookedTransformer's weight matrices at views of the HF tensors they were copied from.
+
+    Each candidate is checked with ``torch.equal`` before sharing, so a mismatched mapping leaves the copy
+    in place rather than changing the model. Returns the fraction of the lens' parameter bytes now shared.
+    """
+    from einops import rearrange
+
+    hf_params = dict(hf.named_parameters(remove_duplicate=False))
+    ht_params = dict(ht.named_parameters())
+
+    def heads(w: torch.Tensor, n: int) -> torch.Tensor:
+        return rearrange(w, "(n h) m -> n m h", n=n)
+
+    rules: dict[str, tuple[str, Any]] = {
+        "embed.W_E": ("model.embed_tokens.weight", lambda w: w),
+        "unembed.W_U": ("lm_head.weight", lambda w: w.T),
+    }
+    for l in range(cfg.n_layers):
+        p = f"model.layers.{l}"
+        for ht_k in ("_W_K", "W_K"):
+            rules[f"blocks.{l}.attn.{ht_k}"] = (
+                f"{p}.self_attn.k_proj.weight",
+                lambda w: heads(w, cfg.n_kv_heads),
+            )
+        for ht_v in ("_W_V", "W_V"):
+            rules[f"blocks.{l}.attn.{ht_v}"] = (
+                f"{p}.self_attn.v_proj.weight",
+                lambda w: heads(w, cfg.n_kv_heads),
+            )
+        rules[f"blocks.{l}.attn.W_Q"] = (f"{p}.self_attn.q_proj.weight", lambda w: heads(w, cfg.n_heads))
+        rules[f"blocks.{l}.attn.W_O"] = (
+            f"{p}.self_attn.o_proj.weight",
+            lambda w: rearrange(w, "m (n h) -> n h m", n=cfg.n_heads),
+        )
+        rules[f"blocks.{l}.mlp.W_in"] = (f"{p}.mlp.up_proj.weight", lambda w: w.T)
+        rules[f"blocks.{l}.mlp.W_gate"] = (f"{p}.mlp.gate_proj.weight", lambda w: w.T)
+        rules[f"blocks.{l}.mlp.W_out"] = (f"{p}.mlp.down_proj.weight", lambda w: w.T)
+    shared = 0
+    for ht_name, (hf_name, view) in rules.items():
+        if ht_name in ht_params and hf_name in hf_params:
+            target = view(hf_params[hf_name].data)
+            param = ht_params[ht_name]
+            if (
+                target.shape == param.shape
+                and target.dtype == param.dtype
+                and torch.equal(target, param.data)
+            ):
+                param.data = target
+                shared += param.numel() * param.element_size()
+    total = sum(p.numel() * p.element_size() for p in ht_params.values())
+    return shared / total
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence the progress bars and banners TL/transformers print while building views."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        yield
