@@ -142,7 +142,7 @@ def _run(
             raise _StopForward
 
         handles.append(last.register_forward_hook(stop))
-    body = getattr(hf, hf.base_model_prefix)  # the decoder stack without the unembedding
+    body = hf.get_submodule(str(hf.base_model_prefix))  # the decoder stack without the unembedding
     pad = model.tokenizer.pad_token_id or 0
 
     buffer: list[dict[str, Tensor]] = []

@@ -102,8 +102,7 @@ def parse_sites(names: str | list[str] | tuple[str, ...], cfg: ModelConfig) -> l
             out.extend(parse_site(f"blocks.{l}.{m.group(2)}", cfg) for l in range(cfg.n_layers))
         else:
             out.append(parse_site(name, cfg))
-    seen: set[str] = set()
-    return [s for s in out if not (s.name in seen or seen.add(s.name))]
+    return list({s.name: s for s in out}.values())  # drop repeats, keep first-seen order
 
 
 def parse_site(name: str, cfg: ModelConfig) -> Site:

