@@ -1,1 +1,26 @@
 """Steering vectors (build, save, load, GGUF), fused application during generation, test-time scaling loops."""
+
+from .apply import Intervention, Trigger, Window, steer
+from .build import (
+    AGGREGATORS,
+    build_vector,
+    mean_difference,
+    pca_difference,
+    probe_direction,
+    vector_from_prompts,
+)
+from .vector import SteeringVector
+
+__all__ = [
+    "AGGREGATORS",
+    "Intervention",
+    "SteeringVector",
+    "Trigger",
+    "Window",
+    "build_vector",
+    "mean_difference",
+    "pca_difference",
+    "probe_direction",
+    "steer",
+    "vector_from_prompts",
+]

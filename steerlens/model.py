@@ -99,19 +99,30 @@ class Model:
             else:
                 from transformer_lens.model_bridge import TransformerBridge
 
-                # The bridge wraps this very module (shared by construction). It switches the module's attention
-                # to the eager implementation so patterns can be hooked: from then on ``hf`` runs eager too
-                # (same results to ~1e-5, slower generation than sdpa).
+                # The bridge rewrites the module tree it is given (wrappers around every submodule, eager
+                # attention), so give it a structural twin of ``hf`` whose parameters and buffers are the very
+                # same tensors: ``hf`` keeps its fast path and no weight is copied.
                 with _quiet():
                     self._lens = TransformerBridge.boot_transformers(
                         self._tl_name or self.name,
-                        hf_model=self.hf,
+                        hf_model=twin_module(self.hf),
                         tokenizer=self.tokenizer,
                         device=self.device,
                         dtype=self.dtype,
                     )
-                self.lens_shared_fraction = 1.0
+                ptrs = {p.data_ptr() for p in self.hf.parameters()}
+                params = list(self._lens.original_model.parameters())
+                shared = sum(p.numel() for p in params if p.data_ptr() in ptrs)
+                self.lens_shared_fraction = shared / sum(p.numel() for p in params)
         return self._lens
+
+    def hf_trees(self) -> list[nn.Module]:
+        """Every HF module tree that runs this model's forward: ``hf`` itself, plus the bridge's twin once a
+        TransformerBridge lens exists (hooks that steer or read sites go on each)."""
+        lens = self._lens
+        return [self.hf] + (
+            [lens.original_model] if lens is not None and hasattr(lens, "original_model") else []
+        )
 
     @property
     def nn(self) -> Any:
@@ -205,6 +216,15 @@ def load(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Model(name_or_path, hf, tokenizer, tl_name=tl_name, lens_kind=lens_kind)
+
+
+def twin_module(module: nn.Module) -> nn.Module:
+    """A deep copy of the module tree that shares every parameter and buffer tensor with ``module``."""
+    import copy
+    import itertools
+
+    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo)
 
 
 def _tl_official_names() -> set[str]:

@@ -1,0 +1,115 @@
+"""SteeringVector: builders, algebra, files (safetensors, llama.cpp GGUF), validation."""
+
+import dataclasses
+
+import pytest
+import torch
+from steerlens.steering import SteeringVector, build_vector, steer
+
+import steerlens
+from steerlens.errors import SteerlensError, StoreMismatch
+
+from .conftest import NEG, POS
+
+
+def test_mean_vector_is_difference_of_store_means(smol, smol_vec):
+    site = "blocks.7.hook_resid_post"
+    pos = steerlens.collect(smol, POS, site, "last", progress=False)
+    neg = steerlens.collect(smol, NEG, site, "last", progress=False)
+    raw = pos[site].mean(0) - neg[site].mean(0)
+    assert torch.allclose(smol_vec.directions[7] * smol_vec.raw_norms[7], raw, atol=1e-4)
+    assert abs(float(smol_vec.directions[7].norm()) - 1) < 1e-5
+    assert smol_vec.resid_norms[7] == pytest.approx(
+        float(torch.cat([pos[site], neg[site]]).norm(dim=-1).mean()), rel=1e-5
+    )
+
+
+def test_pca_and_probe_agree_with_mean_in_sign(smol):
+    sites = ["blocks.10.hook_resid_post"]
+    pos = steerlens.collect(smol, POS, sites, "last", progress=False)
+    neg = steerlens.collect(smol, NEG, sites, "last", progress=False)
+    mean = build_vector(pos, neg, "mean")
+    for method in ("pca", "probe"):
+        v = build_vector(pos, neg, method)
+        assert v.method == method and v.cosine(mean)[10] > 0.3
+        u = v.directions[10]
+        if method == "pca":  # each pair's difference points along the axis
+            assert ((pos[sites[0]] - neg[sites[0]]) @ u).min() > 0
+        else:  # the probe separates its training data: every positive projects above every negative
+            assert (pos[sites[0]] @ u).min() > (neg[sites[0]] @ u).max()
+
+
+def test_algebra(smol_vec):
+    rnd = smol_vec.random_like(seed=0)
+    assert rnd.raw_norms == smol_vec.raw_norms and abs(rnd.cosine(smol_vec)[5]) < 0.2
+    ortho = smol_vec.project_out(rnd)
+    assert max(abs(c) for c in ortho.cosine(rnd).values()) < 1e-5
+    half = smol_vec.project_out(rnd, keep=0.5)
+    for l in smol_vec.layers:  # the shared component is exactly halved
+        shared = smol_vec.directions[l] @ rnd.directions[l] * smol_vec.raw_norms[l]
+        got = half.directions[l] @ rnd.directions[l] * half.raw_norms[l]
+        assert float(got) == pytest.approx(0.5 * float(shared), abs=1e-4)
+    doubled = smol_vec * 2.0
+    assert doubled.raw_norms[3] == pytest.approx(2 * smol_vec.raw_norms[3])
+    assert (-smol_vec).cosine(smol_vec)[3] == pytest.approx(-1.0)
+    assert (smol_vec + smol_vec).raw_norms[4] == pytest.approx(2 * smol_vec.raw_norms[4], rel=1e-5)
+    assert smol_vec.select([2, 3]).layers == [2, 3]
+
+
+def test_safetensors_round_trip_reproduces_steered_logits(smol, smol_vec, tmp_path):
+    path = smol_vec.save(tmp_path / "v.safetensors")
+    back = SteeringVector.load(path, model=smol)
+    assert back.metadata() == smol_vec.metadata()
+    assert all(torch.equal(back.directions[l], smol_vec.directions[l]) for l in smol_vec.layers)
+    ids = torch.tensor([smol.tokenize("The movie was")[0]])
+    with steer(smol, smol_vec.select([5, 9]), alpha=1.5):
+        a = smol.hf(ids).logits
+    with steer(smol, back.select([5, 9]), alpha=1.5):
+        b = smol.hf(ids).logits
+    assert torch.equal(a, b)
+
+
+def test_gguf_round_trip(smol, smol_vec, tmp_path):
+    import gguf
+
+    vec = smol_vec.select(range(1, smol.cfg.n_layers))
+    path = vec.to_gguf(tmp_path / "v.gguf", alpha=0.5)
+    reader = gguf.GGUFReader(str(path))
+    names = sorted(t.name for t in reader.tensors)
+    assert names == sorted(f"direction.{l}" for l in vec.layers)
+    arch = reader.fields["general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]).decode() == "controlvector"
+    back = SteeringVector.from_gguf(path, model=smol)
+    for l in vec.layers:
+        assert torch.allclose(back.directions[l], vec.directions[l], atol=1e-6)
+        assert back.raw_norms[l] == pytest.approx(0.5 * vec.raw_norms[l], rel=1e-6)
+    ids = torch.tensor([smol.tokenize("The movie was")[0]])
+    with steer(smol, vec, alpha=0.5):
+        a = smol.hf(ids).logits
+    with steer(smol, back, alpha=1.0):  # the file stores alpha x raw vector
+        b = smol.hf(ids).logits
+    assert (a - b).abs().max().item() <= 1e-4
+    with pytest.raises(SteerlensError, match="cannot steer layer 0"):
+        smol_vec.to_gguf(tmp_path / "bad.gguf")
+
+
+def test_validation(smol, gemma, smol_vec):
+    with pytest.raises(StoreMismatch, match="d_model 576 but gemma-3-270m has d_model 640"):
+        smol_vec.check_model(gemma)
+    with (
+        pytest.raises(StoreMismatch, match="d_model 576 but gemma-3-270m"),
+        steer(gemma, smol_vec, alpha=1.0),
+    ):
+        pass
+    nan = torch.full((576,), float("nan"))
+    with pytest.raises(SteerlensError, match="NaN or inf"):
+        SteeringVector({3: nan}, "smollm2-135m-instruct", 576)
+    with pytest.raises(SteerlensError, match=r"shape \(640,\), expected \(576,\)"):
+        SteeringVector({3: torch.ones(640)}, "smollm2-135m-instruct", 576)
+    with pytest.raises(SteerlensError, match="all zeros"):
+        SteeringVector({3: torch.zeros(576)}, "smollm2-135m-instruct", 576)
+    far = dataclasses.replace(smol_vec, directions={40: torch.ones(576)}, raw_norms={}, resid_norms={})
+    with pytest.raises(SteerlensError, match=r"layers \[40\] out of range"):
+        far.check_model(smol)
+    with pytest.raises(SteerlensError, match="no 'resid' scale"):
+        dataclasses.replace(smol_vec, resid_norms={}).scale(3, "resid")
