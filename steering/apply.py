@@ -163,29 +163,54 @@ class _State:
 
 
 def _coef(
-    iv: Intervention, layer: int, state: _State, device: torch.device, dtype: torch.dtype
+    iv: Intervention, scale: float, state: _State, device: torch.device, dtype: torch.dtype
 ) -> Tensor | float:
-    """alpha x unit scale x position mask, as a float (uniform) or a [batch, seq] tensor."""
-    scale = 1.0 if iv.op == "ablate" else iv.vector.scale(layer, iv.units)
+    """alpha x ``scale`` x position mask: a float (uniform) or a [batch, seq] tensor, cached per forward."""
+    key = ("coef", id(iv), scale)
+    if key in state.masks:
+        return state.masks[key]
     alpha = torch.as_tensor(iv.alpha, dtype=dtype)
     if alpha.ndim == 1 and len(alpha) != state.batch:
         raise SteerlensError(
             f"alpha has {len(alpha)} per-row values but the batch has {state.batch} rows; pass one per row"
         )
     mask = state.mask(iv.positions, device)
+    out: Tensor | float
     if mask is None and alpha.ndim == 0:
-        return float(alpha) * scale
-    c = (
-        (alpha.to(device) * scale).reshape(-1, 1)
-        if alpha.ndim == 1
-        else torch.full((1, 1), float(alpha) * scale, device=device)
-    )
-    c = c.expand(state.batch, state.seq)
-    if mask is None:
-        return c.to(dtype)
-    if iv.op == "clamp":
-        return torch.where(mask, c, torch.full_like(c, float("nan"))).to(dtype)
-    return (c * mask).to(dtype)
+        out = float(alpha) * scale
+    else:
+        c = (
+            (alpha.to(device) * scale).reshape(-1, 1)
+            if alpha.ndim == 1
+            else torch.full((1, 1), float(alpha) * scale, device=device)
+        )
+        c = c.expand(state.batch, state.seq)
+        if mask is None:
+            out = c.to(dtype)
+        elif iv.op == "clamp":
+            out = torch.where(mask, c, torch.full_like(c, float("nan"))).to(dtype)
+        else:
+            out = (c * mask).to(dtype)
+    state.masks[key] = out  # type: ignore[assignment]
+    return out
+
+
+def _prepare(
+    ivs: list[Intervention], device: torch.device, dtype: torch.dtype
+) -> dict[tuple[int, int], tuple[Tensor, float]]:
+    """Per (intervention, layer): the vector the op uses and the scale left in the coefficient. Add-type ops
+    get the unit scale folded into the vector, so the coefficient (alpha x mask) is shared by all layers."""
+    prep = {}
+    for iv in ivs:
+        for l in iv.steered_layers:
+            u = iv.vector.directions[l].to(device=device, dtype=dtype)
+            if iv.op in ("add", "add_norm"):
+                prep[(id(iv), l)] = (u * iv.vector.scale(l, iv.units), 1.0)
+            elif iv.op == "clamp":
+                prep[(id(iv), l)] = (u, iv.vector.scale(l, iv.units))
+            else:
+                prep[(id(iv), l)] = (u, 1.0)
+    return prep
 
 
 def _parse(model: Model, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Intervention]:
@@ -234,6 +259,7 @@ def steer(
     for iv in hooked:
         for l in iv.steered_layers:
             by_layer.setdefault(l, []).append(iv)
+    prep = _prepare(ivs, model.device, model.dtype)
     handles: list[Any] = []
     restore: list[tuple[nn.Linear, Any]] = []
     try:
@@ -251,7 +277,7 @@ def steer(
                     layer = tree.get_submodule(f"model.layers.{l}")
                     handles.append(
                         layer.register_forward_hook(
-                            lambda m, a, o, l=l, g=group: _steer_output(o, l, g, state)
+                            lambda m, a, o, l=l, g=group: _steer_output(o, l, g, state, prep)
                         )
                     )
         lens = model._lens
@@ -270,7 +296,9 @@ def steer(
             for l, group in tl_layers.items():
                 hp = lens.blocks[l].hook_resid_post
                 handles.append(
-                    hp.register_forward_hook(lambda m, a, o, l=l, g=group: _steer_tensor(o, l, g, state))
+                    hp.register_forward_hook(
+                        lambda m, a, o, l=l, g=group: _steer_tensor(o, l, g, state, prep)
+                    )
                 )
         yield ivs
     finally:
@@ -298,16 +326,15 @@ def _fold(tree: nn.Module, iv: Intervention) -> list[tuple[nn.Linear, Any]]:
     return restore
 
 
-def _steer_tensor(h: Tensor, layer: int, group: list[Intervention], state: _State) -> Tensor:
+def _steer_tensor(h: Tensor, layer: int, group: list[Intervention], state: _State, prep: dict) -> Tensor:
     for iv in group:
-        h = apply_op(
-            h, iv.vector.directions[layer].to(h.device), iv.op, _coef(iv, layer, state, h.device, h.dtype)
-        )
+        v, scale = prep[(id(iv), layer)]
+        h = apply_op(h, v, iv.op, _coef(iv, scale, state, h.device, h.dtype))
     return h
 
 
-def _steer_output(out: Any, layer: int, group: list[Intervention], state: _State) -> Any:
-    h = _steer_tensor(first_tensor(out), layer, group, state)
+def _steer_output(out: Any, layer: int, group: list[Intervention], state: _State, prep: dict) -> Any:
+    h = _steer_tensor(first_tensor(out), layer, group, state, prep)
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 

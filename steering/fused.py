@@ -24,10 +24,9 @@ def apply_op(
     ablate:   h - c (h.u) u          (c = 1 removes the direction)
     clamp:    h + m (c - h.u) u      (projection set to c where m = mask; coef carries NaN where unmasked)
     """
-    u = u.to(h.dtype)
     if op == "add":
         if isinstance(coef, float):
-            return h + coef * u
+            return h + u if coef == 1.0 else h + coef * u
         return torch.addcmul(h, coef.unsqueeze(-1).to(h.dtype), u)
     c = coef if isinstance(coef, float) else coef.unsqueeze(-1).to(h.dtype)
     if op == "add_norm":
