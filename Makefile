@@ -25,4 +25,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) bench/extract.py && $(PY) bench/memory.py
+	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2   # peer, pins transformers<5 but runs beside 5.x
+	$(PY) -m pip install -q -c requirements/constraints.txt scikit-learn
+	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py

@@ -4,8 +4,8 @@
 
 One vector on every layer, batch 8, 64 new tokens (forced: min_new_tokens = max_new_tokens), greedy.
 Peers: steering-vectors 0.12.2 (`pip install --no-deps steering-vectors==0.12.2 scikit-learn`), a
-TransformerLens hook (TransformerBridge.generate with hooks) and an nnsight intervention (model.generate with
-tracer.all()). Also: an 8-alpha sweep in one batched call vs 8 sequential calls.
+TransformerLens hook (TransformerBridge.generate with hooks) and an nnsight intervention (model.generate with a
+tracer.iter loop). Also: an 8-alpha sweep in one batched call vs 8 sequential calls.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main() -> None:
             out = tracer.result.save()
         return out
 
-    paths["nnsight intervention (tracer.all())"] = peer_nnsight
+    paths["nnsight intervention (tracer.iter)"] = peer_nnsight
 
     times = round_robin(paths, args.repeats)
 

@@ -162,55 +162,63 @@ class _State:
         return self.masks[key]
 
 
-def _coef(
-    iv: Intervention, scale: float, state: _State, device: torch.device, dtype: torch.dtype
-) -> Tensor | float:
-    """alpha x ``scale`` x position mask: a float (uniform) or a [batch, seq] tensor, cached per forward."""
-    key = ("coef", id(iv), scale)
-    if key in state.masks:
-        return state.masks[key]
-    alpha = torch.as_tensor(iv.alpha, dtype=dtype)
-    if alpha.ndim == 1 and len(alpha) != state.batch:
-        raise SteerlensError(
-            f"alpha has {len(alpha)} per-row values but the batch has {state.batch} rows; pass one per row"
-        )
-    mask = state.mask(iv.positions, device)
-    out: Tensor | float
-    if mask is None and alpha.ndim == 0:
-        out = float(alpha) * scale
-    else:
-        c = (
-            (alpha.to(device) * scale).reshape(-1, 1)
-            if alpha.ndim == 1
-            else torch.full((1, 1), float(alpha) * scale, device=device)
-        )
-        c = c.expand(state.batch, state.seq)
-        if mask is None:
-            out = c.to(dtype)
-        elif iv.op == "clamp":
-            out = torch.where(mask, c, torch.full_like(c, float("nan"))).to(dtype)
-        else:
-            out = (c * mask).to(dtype)
-    state.masks[key] = out  # type: ignore[assignment]
-    return out
+@dataclass(frozen=True)
+class _Step:
+    """One intervention at one layer, precomputed so the hook does tensor work only (no Python-side
+    conversions that would break a ``torch.compile`` graph)."""
+
+    index: int  # the intervention's position in the steer() call: the key of its cached coefficient
+    op: str
+    vector: Tensor  # [d_model]; for add-type ops the unit scale is already folded in
+    scale: float  # what remains to multiply alpha by (1.0 for add-type ops, so all layers share one coef)
+    alpha: float | None  # one alpha for every row ...
+    alpha_rows: Tensor | None  # ... or [batch] per-row alphas
+    positions: Positions
 
 
-def _prepare(
-    ivs: list[Intervention], device: torch.device, dtype: torch.dtype
-) -> dict[tuple[int, int], tuple[Tensor, float]]:
-    """Per (intervention, layer): the vector the op uses and the scale left in the coefficient. Add-type ops
-    get the unit scale folded into the vector, so the coefficient (alpha x mask) is shared by all layers."""
-    prep = {}
-    for iv in ivs:
+def _prepare(ivs: list[Intervention], device: torch.device, dtype: torch.dtype) -> dict[int, list[_Step]]:
+    """Per steered layer, the steps to run in order."""
+    steps: dict[int, list[_Step]] = {}
+    for i, iv in enumerate(ivs):
+        a = torch.as_tensor(iv.alpha, dtype=torch.float32)
+        alpha, rows = (None, a.to(device)) if a.ndim == 1 else (float(a), None)
         for l in iv.steered_layers:
             u = iv.vector.directions[l].to(device=device, dtype=dtype)
+            unit = iv.vector.scale(l, iv.units)
             if iv.op in ("add", "add_norm"):
-                prep[(id(iv), l)] = (u * iv.vector.scale(l, iv.units), 1.0)
-            elif iv.op == "clamp":
-                prep[(id(iv), l)] = (u, iv.vector.scale(l, iv.units))
+                u, scale = u * unit, 1.0
             else:
-                prep[(id(iv), l)] = (u, 1.0)
-    return prep
+                scale = unit if iv.op == "clamp" else 1.0
+            steps.setdefault(l, []).append(_Step(i, iv.op, u, scale, alpha, rows, iv.positions))
+    return steps
+
+
+def _coef(step: _Step, state: _State, device: torch.device, dtype: torch.dtype) -> Tensor | float:
+    """alpha x scale x position mask: a float (uniform) or a [batch, seq] tensor, cached per forward."""
+    mask = state.mask(step.positions, device)
+    if mask is None and step.alpha is not None:
+        return step.alpha * step.scale
+    key = ("coef", step.index, step.scale)
+    if key in state.masks:
+        return state.masks[key]
+    if step.alpha_rows is not None:
+        if len(step.alpha_rows) != state.batch:
+            raise SteerlensError(
+                f"alpha has {len(step.alpha_rows)} per-row values but the batch has {state.batch} rows; "
+                "pass one per row"
+            )
+        c = (step.alpha_rows * step.scale).reshape(-1, 1).expand(state.batch, state.seq)
+    else:
+        assert step.alpha is not None
+        c = torch.full((state.batch, state.seq), step.alpha * step.scale, device=device)
+    if mask is None:
+        out = c.to(dtype)
+    elif step.op == "clamp":
+        out = torch.where(mask, c, torch.full_like(c, float("nan"))).to(dtype)
+    else:
+        out = (c * mask).to(dtype)
+    state.masks[key] = out
+    return out
 
 
 def _parse(model: Model, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Intervention]:
@@ -244,6 +252,7 @@ def steer(
     True requires folding (errors where it is not exact).
     """
     ivs = _parse(model, interventions, options)
+    _let_compiled_code_see_hooks()
     can_fold = family_table(model.cfg.model_type)["hook_mlp_out"][0] == "mlp"  # mlp_out is down_proj's output
     to_fold = [iv for iv in ivs if fold is not False and iv.foldable() and can_fold]
     if fold is True and len(to_fold) != len(ivs):
@@ -255,11 +264,7 @@ def steer(
     hooked = [iv for iv in ivs if iv not in to_fold]
     state = _State()
     triggers = [iv.positions for iv in hooked if isinstance(iv.positions, Trigger)]
-    by_layer: dict[int, list[Intervention]] = {}
-    for iv in hooked:
-        for l in iv.steered_layers:
-            by_layer.setdefault(l, []).append(iv)
-    prep = _prepare(ivs, model.device, model.dtype)
+    by_layer = _prepare(hooked, model.device, model.dtype)
     handles: list[Any] = []
     restore: list[tuple[nn.Linear, Any]] = []
     try:
@@ -273,39 +278,40 @@ def steer(
                         lambda m, a, kw: _begin_hf(state, a, kw, triggers), with_kwargs=True
                     )
                 )
-                for l, group in by_layer.items():
+                for l, steps in by_layer.items():
                     layer = tree.get_submodule(f"model.layers.{l}")
                     handles.append(
-                        layer.register_forward_hook(
-                            lambda m, a, o, l=l, g=group: _steer_output(o, l, g, state, prep)
-                        )
+                        layer.register_forward_hook(lambda m, a, o, s=steps: _steer_output(o, s, state))
                     )
         lens = model._lens
         if lens is not None and not hasattr(lens, "original_model"):
             # A HookedTransformer has its own module tree and bias tensors: every intervention runs as TL hooks.
-            tl_layers: dict[int, list[Intervention]] = {}
-            for iv in ivs:
-                for l in iv.steered_layers:
-                    tl_layers.setdefault(l, []).append(iv)
+            tl_layers = _prepare(ivs, model.device, model.dtype)
             tl_triggers = [iv.positions for iv in ivs if isinstance(iv.positions, Trigger)]
             handles.append(
                 lens.register_forward_pre_hook(
                     lambda m, a, kw: _begin_tl(state, a, kw, tl_triggers), with_kwargs=True
                 )
             )
-            for l, group in tl_layers.items():
+            for l, steps in tl_layers.items():
                 hp = lens.blocks[l].hook_resid_post
-                handles.append(
-                    hp.register_forward_hook(
-                        lambda m, a, o, l=l, g=group: _steer_tensor(o, l, g, state, prep)
-                    )
-                )
+                handles.append(hp.register_forward_hook(lambda m, a, o, s=steps: _steer_tensor(o, s, state)))
         yield ivs
     finally:
         for h in handles:
             h.remove()
         for proj, bias in reversed(restore):
             proj.bias = bias
+
+
+def _let_compiled_code_see_hooks() -> None:
+    """``torch.compile`` does not guard on module hooks by default, so a model compiled before ``steer`` would
+    silently run unsteered. Make it guard on them; graphs compiled without those guards are dropped once."""
+    import torch._dynamo
+
+    if torch._dynamo.config.skip_nnmodule_hook_guards:
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+        torch._dynamo.reset()
 
 
 def _fold(tree: nn.Module, iv: Intervention) -> list[tuple[nn.Linear, Any]]:
@@ -326,15 +332,14 @@ def _fold(tree: nn.Module, iv: Intervention) -> list[tuple[nn.Linear, Any]]:
     return restore
 
 
-def _steer_tensor(h: Tensor, layer: int, group: list[Intervention], state: _State, prep: dict) -> Tensor:
-    for iv in group:
-        v, scale = prep[(id(iv), layer)]
-        h = apply_op(h, v, iv.op, _coef(iv, scale, state, h.device, h.dtype))
+def _steer_tensor(h: Tensor, steps: list[_Step], state: _State) -> Tensor:
+    for step in steps:
+        h = apply_op(h, step.vector, step.op, _coef(step, state, h.device, h.dtype))
     return h
 
 
-def _steer_output(out: Any, layer: int, group: list[Intervention], state: _State, prep: dict) -> Any:
-    h = _steer_tensor(first_tensor(out), layer, group, state, prep)
+def _steer_output(out: Any, steps: list[_Step], state: _State) -> Any:
+    h = _steer_tensor(first_tensor(out), steps, state)
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 

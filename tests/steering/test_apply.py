@@ -236,3 +236,29 @@ def test_same_spec_through_lens_and_nnsight(model, smol_vec, gemma_vec):
     assert (hf - model.hf(ids).logits).abs().max().item() > 1e-2
     with steer(model, iv):  # nothing generated in a plain forward: identical to unsteered
         assert torch.equal(model.lens(ids), model.lens(ids))
+
+
+@pytest.mark.slow
+def test_model_compiled_before_steering_sees_every_spec(smol, smol_vec):
+    """torch.compile skips hooks added after compilation unless it guards on them: steer() makes it do so."""
+    enc = smol.tokenizer(
+        ["The movie was", "Yesterday I went to the old shop"], return_tensors="pt", padding=True
+    )
+    ids = enc.input_ids
+    base = smol.hf(ids).logits
+    compiled = torch.compile(smol.hf, backend="aot_eager")  # dynamo's tracing is what matters; no codegen
+    assert torch.equal(compiled(ids).logits, base)
+    vec = smol_vec.select([4, 12, 20])
+    specs = [
+        dict(alpha=0.5, fold=False),
+        dict(alpha=0.5, fold=True),
+        dict(alpha=[0.5, -0.5]),
+        dict(alpha=0.5, op="add_norm", positions=Window(2, 5)),
+    ]
+    for spec in specs:
+        with steer(smol, vec, **spec):
+            eager = smol.hf(ids).logits
+            got = compiled(ids).logits
+        assert (eager - base).abs().max().item() > 0.1, spec
+        assert (got - eager).abs().max().item() <= 1e-4, spec
+    assert torch.equal(compiled(ids).logits, base)
