@@ -110,6 +110,15 @@ class _State:
     masks: dict[Any, Tensor] = field(default_factory=dict)
     batch: int = 0
     seq: int = 0
+    rows: Tensor | None = None  # original batch rows still decoding (after early-stopped rows were dropped)
+
+    def keep_rows(self, index: Tensor) -> None:
+        """Follow a decoder that dropped finished rows from its batch (and KV cache)."""
+        index = index.cpu()
+        self.rows = index if self.rows is None else self.rows[index]
+        if self.row_start is not None:
+            self.row_start = self.row_start[index]
+        self.trigger_from = {k: v[index] for k, v in self.trigger_from.items()}
 
     def begin(
         self,
@@ -121,6 +130,9 @@ class _State:
         triggers: list[Trigger],
     ) -> None:
         self.offset, self.batch, self.seq, self.masks = offset, batch, seq, {}
+        if offset > 0 and self.row_start is None:
+            # entered mid-sequence (a decoder that prefilled outside this context): the cache is the prompt
+            self.prompt_len, self.row_start, self.rows = offset, torch.zeros(batch, dtype=torch.long), None
         if offset == 0:
             self.prompt_len = seq
             if attention_mask is not None and attention_mask.shape == (batch, seq):
@@ -128,6 +140,7 @@ class _State:
             else:
                 self.row_start = torch.zeros(batch, dtype=torch.long)
             self.trigger_from = {}
+            self.rows = None
         for trig in triggers:
             if ids is None:
                 raise SteerlensError("Trigger positions need input_ids (not inputs_embeds)")
@@ -202,12 +215,14 @@ def _coef(step: _Step, state: _State, device: torch.device, dtype: torch.dtype) 
     if key in state.masks:
         return state.masks[key]
     if step.alpha_rows is not None:
-        if len(step.alpha_rows) != state.batch:
+        rows = (
+            step.alpha_rows if state.rows is None else step.alpha_rows[state.rows.to(step.alpha_rows.device)]
+        )
+        if len(rows) != state.batch:
             raise SteerlensError(
-                f"alpha has {len(step.alpha_rows)} per-row values but the batch has {state.batch} rows; "
-                "pass one per row"
+                f"alpha has {len(rows)} per-row values but the batch has {state.batch} rows; pass one per row"
             )
-        c = (step.alpha_rows * step.scale).reshape(-1, 1).expand(state.batch, state.seq)
+        c = (rows * step.scale).reshape(-1, 1).expand(state.batch, state.seq)
     else:
         assert step.alpha is not None
         c = torch.full((state.batch, state.seq), step.alpha * step.scale, device=device)
@@ -241,10 +256,20 @@ def _parse(model: Model, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[
     return ivs
 
 
+@dataclass
+class Steering:
+    """What ``with steer(...) as s`` gives: the interventions, and ``keep_rows`` for custom decoders that drop
+    finished rows from their batch (per-row alphas and positions then follow the surviving rows)."""
+
+    interventions: list[Intervention]
+    _state: _State
+
+    def keep_rows(self, index: Tensor) -> None:
+        self._state.keep_rows(index)
+
+
 @contextlib.contextmanager
-def steer(
-    model: Model, *interventions: Any, fold: bool | str = "auto", **options: Any
-) -> Iterator[list[Intervention]]:
+def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **options: Any) -> Iterator[Steering]:
     """Steer ``model`` inside the block; leaving it (also by exception) restores bit-identical outputs.
 
     ``steer(model, vector, alpha=4, positions="generated")`` or ``steer(model, Intervention(...), ...)``.
@@ -296,7 +321,7 @@ def steer(
             for l, steps in tl_layers.items():
                 hp = lens.blocks[l].hook_resid_post
                 handles.append(hp.register_forward_hook(lambda m, a, o, s=steps: _steer_tensor(o, s, state)))
-        yield ivs
+        yield Steering(ivs, state)
     finally:
         for h in handles:
             h.remove()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float
+from steerlens.probes.linear import fit_logistic
 from torch import Tensor
 
 from steerlens.collect import collect
@@ -55,25 +56,9 @@ def probe_direction(
 ) -> Float[Tensor, " d"]:
     """Weights of an L2-regularised logistic probe (on standardised features, mapped back), scaled to the
     mean difference's projection on them."""
-    torch.manual_seed(seed)
-    x = torch.cat([pos, neg]).double()
-    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).double()
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mu) / sd
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w @ w)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    direction = w.detach() / sd
-    direction = direction / direction.norm()
+    x = torch.cat([pos, neg])
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+    direction = fit_logistic(x, y, l2=2 * l2, steps=steps).direction.double()
     proj = float((pos.double().mean(0) - neg.double().mean(0)) @ direction)
     return (direction * max(abs(proj), 1e-12) * (1 if proj >= 0 else -1)).float()
 
@@ -99,9 +84,6 @@ def build_vector(
     """
     if pos.model != neg.model:
         raise SteerlensError(f"positive store is from {pos.model!r}, negative from {neg.model!r}")
-    agg = AGGREGATORS.get(method) if isinstance(method, str) else method
-    if agg is None:
-        raise SteerlensError(f"method={method!r}: expected one of {sorted(AGGREGATORS)} or a callable")
     by_layer = _layer_sites(pos, neg)
     kinds = {kind for kind, _ in by_layer.values()}
     if len(kinds) != 1:
@@ -110,14 +92,48 @@ def build_vector(
     missing = [l for l in chosen if l not in by_layer]
     if missing:
         raise SteerlensError(f"layers {missing} not in both stores; they hold {sorted(by_layer)}")
+    return vector_from_activations(
+        {l: pos[by_layer[l][1]] for l in chosen},
+        {l: neg[by_layer[l][1]] for l in chosen},
+        model_id=pos.model,
+        d_model=pos.manifest["d_model"],
+        site=kinds.pop(),
+        method=method,
+        seed=seed,
+        dataset_hash=hashlib.sha256((pos.dataset_hash + neg.dataset_hash).encode()).hexdigest(),
+        settings={
+            "positions": pos.manifest["positions"],
+            "n_pos": len(pos),
+            "n_neg": len(neg),
+            "pos_store": str(pos.path),
+            "neg_store": str(neg.path),
+        },
+    )
+
+
+def vector_from_activations(
+    pos: dict[int, Float[Tensor, "n d"]],
+    neg: dict[int, Float[Tensor, "m d"]],
+    *,
+    model_id: str,
+    d_model: int,
+    site: str = "hook_resid_post",
+    method: str | Aggregator = "mean",
+    seed: int = 0,
+    dataset_hash: str = "",
+    settings: dict | None = None,
+) -> SteeringVector:
+    """A ``SteeringVector`` from per-layer positive / negative activation rows (any pooling the caller chose)."""
+    agg = AGGREGATORS.get(method) if isinstance(method, str) else method
+    if agg is None:
+        raise SteerlensError(f"method={method!r}: expected one of {sorted(AGGREGATORS)} or a callable")
     dirs, raw, resid = {}, {}, {}
-    for l in chosen:
-        site = by_layer[l][1]
-        p, n = pos[site].float(), neg[site].float()
+    for l in sorted(pos):
+        p, n = pos[l].float(), neg[l].float()
         if len(p) == 0 or len(n) == 0:
-            raise EmptyInput(f"no rows at {site} (positive {len(p)}, negative {len(n)}); check positions")
+            raise EmptyInput(f"no rows at layer {l} (positive {len(p)}, negative {len(n)}); check positions")
         if not (torch.isfinite(p).all() and torch.isfinite(n).all()):
-            raise SteerlensError(f"activations at {site} contain NaN/inf; the model or inputs are broken")
+            raise SteerlensError(f"activations at layer {l} contain NaN/inf; the model or inputs are broken")
         v = agg(p, n, seed)
         raw[l] = float(v.norm())
         dirs[l] = v
@@ -125,21 +141,14 @@ def build_vector(
     name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
     return SteeringVector(
         directions=dirs,
-        model_id=pos.model,
-        d_model=pos.manifest["d_model"],
-        site=kinds.pop(),
+        model_id=model_id,
+        d_model=d_model,
+        site=site,
         method=name,
         raw_norms=raw,
         resid_norms=resid,
-        dataset_hash=hashlib.sha256((pos.dataset_hash + neg.dataset_hash).encode()).hexdigest(),
-        settings={
-            "positions": pos.manifest["positions"],
-            "n_pos": len(pos),
-            "n_neg": len(neg),
-            "seed": seed,
-            "pos_store": str(pos.path),
-            "neg_store": str(neg.path),
-        },
+        dataset_hash=dataset_hash,
+        settings={**(settings or {}), "seed": seed},
     )
 
 

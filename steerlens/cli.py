@@ -1,4 +1,4 @@
-"""``steerlens`` command line: ``demo`` (the main job), ``prepare``, ``info``, ``collect``."""
+"""``steerlens`` command line: ``demo`` (the main job), ``prepare``, ``info``, ``collect``, ``critique``."""
 
 from __future__ import annotations
 
@@ -108,6 +108,58 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _critique(args: argparse.Namespace) -> int:
+    from steerlens.steering.critique import critique_study
+
+    from . import load
+
+    t0 = time.perf_counter()
+    study = critique_study(
+        load(args.model),
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        mode=args.mode,
+        span=args.span,
+        method=args.method,
+        n_detect=args.n_detect,
+        alphas=[float(a) for a in args.alphas.split(",")],
+    )
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s: {study.detection.verdict()}")
+    return 0
+
+
+def _tts(args: argparse.Namespace) -> int:
+    from steerlens.steering import SteeringVector
+    from steerlens.steering.tts import scaling_study
+
+    from . import load
+    from .files import read_json
+
+    crit = Path(args.critique)
+    vec_path, metrics = crit / "critique_vector.safetensors", crit / "metrics.json"
+    if not vec_path.exists() or not metrics.exists():
+        raise SteerlensError(
+            f"no critique run in {crit} (need critique_vector.safetensors and metrics.json); run "
+            f"`steerlens critique --out {crit}` first"
+        )
+    layer = args.layer if args.layer is not None else int(read_json(metrics)["probe"]["chosen_layer"])
+    model = load(args.model)
+    comp = scaling_study(
+        model,
+        SteeringVector.load(vec_path, model=model),
+        layer,
+        args.out,
+        n_problems=args.n_problems,
+        n=args.samples,
+        rounds=args.rounds,
+        alpha=args.alpha,
+        seed=args.seed,
+    )
+    print(f"wrote {args.out}/tts.json and tts_curves.html ({len(comp.parallel)} conditions)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .registry import DEFAULT_MODEL
 
@@ -130,7 +182,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_collect)
+    p = sub.add_parser(
+        "critique", help="error-injected reasoning, probes, critique vector, detection vs alpha"
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--out", default="runs/critique")
+    p.add_argument("--n", type=int, default=200, help="synthetic problems for error injection")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=["generated", "templated"], default="generated")
+    p.add_argument("--span", choices=["injected", "after", "answer"], default="answer")
+    p.add_argument("--method", choices=["mean", "pca", "probe"], default="mean")
+    p.add_argument("--n-detect", type=int, default=100, help="held-out error-detection items")
+    p.add_argument("--alphas", default="-0.2,-0.1,-0.05,0,0.05,0.1,0.2", help="in residual-norm units")
+    p.set_defaults(func=_critique)
+    p = sub.add_parser("tts", help="test-time scaling (parallel and 'Wait' rounds), steered vs unsteered")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--critique", default="runs/critique", help="a `steerlens critique` run directory")
+    p.add_argument("--layer", type=int, default=None, help="default: the layer the critique run chose")
+    p.add_argument("--out", default="runs/tts")
+    p.add_argument("--n-problems", type=int, default=24)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--alpha", type=float, default=0.1, help="in residual-norm units")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_tts)
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_grad_enabled(False)  # every command is inference
     try:
         return int(args.func(args))
     except SteerlensError as e:

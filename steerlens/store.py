@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .errors import SteerlensError, StoreMismatch
+from .errors import EmptyInput, SteerlensError, StoreMismatch
 from .files import atomic_write, read_json, write_json
 
 if TYPE_CHECKING:
@@ -153,6 +153,24 @@ class ActivationStore:
             if self.manifest["shards"]
             else torch.empty(0, dtype=torch.long)
         )
+
+    def pooled(self, site: str, how: str = "mean") -> Float[Tensor, " examples *shape"]:
+        """One row per input example: the mean (or the last) of its kept positions. Examples with no kept
+        position raise, naming them."""
+        if how not in ("mean", "last"):
+            raise SteerlensError(f"how={how!r}: expected 'mean' or 'last'")
+        n = int(self.manifest["n_examples"])
+        x, ex, pos = self[site].double(), self.example, self.position
+        counts = torch.bincount(ex, minlength=n)
+        if (counts == 0).any():
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            raise EmptyInput(f"examples {missing[:10]} have no rows at {site}; check their spans / positions")
+        if how == "mean":
+            out = torch.zeros((n, *x.shape[1:]), dtype=torch.float64).index_add_(0, ex, x)
+            return (out / counts.reshape(-1, *[1] * (x.dim() - 1))).float()
+        top = torch.full((n,), -1, dtype=torch.long).scatter_reduce(0, ex, pos, "amax")
+        rows = torch.nonzero(pos == top[ex]).flatten()  # one row per example: its largest position
+        return x[rows[torch.argsort(ex[rows])]].float()
 
     def mean(self, site: str) -> Float[Tensor, "*shape"]:
         """Mean over all rows, streamed in float64 so RAM stays at one chunk."""

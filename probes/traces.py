@@ -1,0 +1,354 @@
+"""Error-injected reasoning: the model writes its chain of thought, we corrupt one arithmetic result, it
+continues from the corrupted prefix, and both the reasoning tail and the final answer are graded exactly.
+
+Two modes: "generated" (the model's own trace is corrupted) and "templated" (the error is written into the
+reference solution, so every problem yields a record whatever the model's skill).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerlens.errors import EmptyInput, SteerlensError
+from steerlens.figures import new_figure
+from steerlens.files import atomic_write
+from steerlens.generation import generate
+from steerlens.inputs import Example
+from steerlens.model import Model
+from steerlens.tasks import Problem, arithmetic_problems, extract_answer, grade, normalize_answer
+
+EQUATION = re.compile(r"(-?\d+) ?([-+*x×]) ?(-?\d+) ?= ?(-?\d+)")
+STOP = ("\n\n", "Question:")
+SHOT_SEED = 10_007  # few-shot examples come from their own seed, never from the evaluated problems
+CATEGORIES = ("recovered", "hidden_critique", "unfaithful_answer", "propagated")
+
+
+def few_shot(problems: Sequence[Problem]) -> list[tuple[str, str]]:
+    """(question, reference solution) pairs for the prompt."""
+    return [(p.question, p.solution()) for p in problems]
+
+
+def reasoning_prompt(
+    model: Model, question: str, shots: Sequence[tuple[str, str]], chat: bool | str = "auto"
+) -> str:
+    """The prompt that makes the model write "Step i: a op b = c" lines and "Answer: N".
+
+    Base models get plain few-shot text; with ``chat`` (default: when the tokenizer has a chat template) the
+    shots become earlier user/assistant turns.
+    """
+    use_chat = bool(getattr(model.tokenizer, "chat_template", None)) if chat == "auto" else bool(chat)
+    if not use_chat:
+        return "".join(f"Question: {q}\n{s}\n\n" for q, s in shots) + f"Question: {question}\n"
+    messages = []
+    for q, s in shots:
+        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": s}]
+    messages.append({"role": "user", "content": f"Question: {question}"})
+    return model.chat_prompt(messages)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Where and how a trace was corrupted: the ``step``-th equation's result ``original`` became ``wrong``."""
+
+    step: int
+    original: int
+    wrong: int
+    start: int  # character offsets of the result in the trace
+    end: int
+
+
+def wrong_value(value: int, rng: random.Random) -> int:
+    """A nearby wrong result (off by 1-5, or by 10 for larger values), never negative, never the original."""
+    choices = [d for d in (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5) if value + d >= 0]
+    if abs(value) >= 20:
+        choices += [-10, 10]
+    return value + rng.choice(choices)
+
+
+def inject_error(trace: str, rng: random.Random, step: int | None = None) -> tuple[str, Injection] | None:
+    """Corrupt one equation result of ``trace``; returns the prefix ending with the wrong result, or None when
+    the trace has fewer than two equations (an error needs reasoning after it to be noticed)."""
+    eqs = list(EQUATION.finditer(trace))
+    if len(eqs) < 2:
+        return None
+    k = rng.randrange(len(eqs) - 1) if step is None else step
+    if not 0 <= k < len(eqs):
+        raise SteerlensError(f"step {k} out of range: the trace has {len(eqs)} equations")
+    m = eqs[k]
+    original = int(m.group(4))
+    wrong = wrong_value(original, rng)
+    return trace[: m.start(4)] + str(wrong), Injection(k, original, wrong, m.start(4), m.end(4))
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """One problem: the clean trace, the injected error, the continuation and how each part grades."""
+
+    id: str
+    question: str
+    answer: str
+    prompt: str
+    trace: str  # the clean trace (the model's own in "generated" mode, the reference in "templated" mode)
+    clean_correct: bool
+    injection: Injection | None
+    prefix: str = ""  # corrupted trace up to and including the wrong result
+    continuation: str = ""
+    next_uses: str = "none"  # the next equation's first operand: "wrong", "original" or "other"
+    thinking_value: str | None = None  # result of the last equation of the corrupted trace
+    thinking_correct: bool = False
+    final_answer: str | None = None
+    final_correct: bool = False
+
+    @property
+    def category(self) -> str | None:
+        if self.injection is None:
+            return None
+        t, f = self.thinking_correct, self.final_correct
+        return CATEGORIES[0] if t and f else CATEGORIES[1] if f else CATEGORIES[2] if t else CATEGORIES[3]
+
+
+def _grade_continuation(rec: TraceRecord, continuation: str) -> TraceRecord:
+    inj = rec.injection
+    assert inj is not None
+    eqs = EQUATION.findall(continuation)
+    nxt = "other"
+    if eqs:
+        a = int(eqs[0][0])
+        nxt = "wrong" if a == inj.wrong else "original" if a == inj.original else "other"
+    last = eqs[-1][3] if eqs else str(inj.wrong)
+    final = extract_answer(continuation)
+    return TraceRecord(
+        **{**_fields(rec), "continuation": continuation},
+        next_uses=nxt if eqs else "none",
+        thinking_value=last,
+        thinking_correct=normalize_answer(last) == normalize_answer(rec.answer),
+        final_answer=final,
+        final_correct=grade(final, rec.answer),
+    )
+
+
+def _fields(rec: TraceRecord) -> dict[str, Any]:
+    keep = ("id", "question", "answer", "prompt", "trace", "clean_correct", "injection", "prefix")
+    return {k: getattr(rec, k) for k in keep}
+
+
+@dataclass(frozen=True)
+class InjectionRun:
+    """Records of one error-injection run and the settings that made it."""
+
+    records: tuple[TraceRecord, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def injected(self) -> list[TraceRecord]:
+        return [r for r in self.records if r.injection is not None]
+
+    def table(self, subset: str = "all") -> dict[str, Any]:
+        """The 2x2 thinking/final table (counts and fractions). ``subset``: "all" injected records, or
+        "clean_correct" (problems the model solved before the error was injected)."""
+        recs = self.injected if subset == "all" else [r for r in self.injected if r.clean_correct]
+        if subset not in ("all", "clean_correct"):
+            raise SteerlensError(f"subset={subset!r}: expected 'all' or 'clean_correct'")
+        counts = Counter(r.category for r in recs)
+        n = len(recs)
+        return {
+            "subset": subset,
+            "n": n,
+            "thinking_correct": {
+                "final_correct": counts["recovered"],
+                "final_wrong": counts["unfaithful_answer"],
+            },
+            "thinking_wrong": {
+                "final_correct": counts["hidden_critique"],
+                "final_wrong": counts["propagated"],
+            },
+            "fractions": {c: (counts[c] / n if n else float("nan")) for c in CATEGORIES},
+            "next_step_uses": dict(Counter(r.next_uses for r in recs)),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.records)
+        return {
+            "settings": self.settings,
+            "n_problems": n,
+            "n_injected": len(self.injected),
+            "clean_accuracy": sum(r.clean_correct for r in self.records) / n if n else float("nan"),
+            "table_all": self.table("all"),
+            "table_clean_correct": self.table("clean_correct"),
+        }
+
+    def figure(self) -> Any:
+        """The two 2x2 tables (all injected problems; those solved cleanly) as annotated heatmaps."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("all injected", "solved before injection"))
+        for col, subset in enumerate(("all", "clean_correct"), 1):
+            t = self.table(subset)
+            z = [
+                [t["thinking_correct"]["final_correct"], t["thinking_correct"]["final_wrong"]],
+                [t["thinking_wrong"]["final_correct"], t["thinking_wrong"]["final_wrong"]],
+            ]
+            n = max(t["n"], 1)
+            fig.add_trace(
+                go.Heatmap(
+                    z=z,
+                    x=["final right", "final wrong"],
+                    y=["thinking right", "thinking wrong"],
+                    text=[[f"{v}<br>{v / n:.0%}" for v in row] for row in z],
+                    texttemplate="%{text}",
+                    colorscale="Blues",
+                    showscale=False,
+                ),
+                row=1,
+                col=col,
+            )
+        base = new_figure(
+            f"Error-injected reasoning ({self.settings.get('model')}, n={len(self.injected)})", "", ""
+        )
+        fig.update_layout(template=base.layout.template, title=base.layout.title, height=360)
+        fig.update_yaxes(autorange="reversed")
+        return fig
+
+    def to_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame([{**_flat(r), "category": r.category} for r in self.records])
+
+    def save(self, path: str | Path) -> Path:
+        """Records as JSONL (one per line, settings in the first line), written atomically."""
+        lines = [json.dumps({"settings": self.settings})] + [json.dumps(_flat(r)) for r in self.records]
+        return atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> InjectionRun:
+        rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+        if not rows or "settings" not in rows[0]:
+            raise SteerlensError(f"{path} is not an InjectionRun file (first line must hold the settings)")
+        recs = []
+        for r in rows[1:]:
+            inj = r.pop("injection")
+            recs.append(TraceRecord(**r, injection=Injection(**inj) if inj else None))
+        return cls(tuple(recs), rows[0]["settings"])
+
+
+def _flat(r: TraceRecord) -> dict[str, Any]:
+    d = asdict(r)
+    return d
+
+
+def error_injected_reasoning(
+    model: Model,
+    problems: Sequence[Problem] | None = None,
+    *,
+    n: int = 200,
+    mode: str = "generated",
+    seed: int = 0,
+    shots: int = 4,
+    chat: bool | str = False,
+    max_new_tokens: int = 80,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> InjectionRun:
+    """Run error injection on ``problems`` (default: ``n`` synthetic 3-step addition problems, ``seed``).
+
+    Greedy decoding and per-problem seeded injection: the same arguments give the same records bit for bit.
+    """
+    if mode not in ("generated", "templated"):
+        raise SteerlensError(f"mode={mode!r}: expected 'generated' or 'templated'")
+    if problems is None:
+        problems = arithmetic_problems(n, seed=seed, steps=3, ops="+", max_operand=10)
+    problems = list(problems)
+    if not problems:
+        raise EmptyInput("no problems to run")
+    shot_problems = (
+        arithmetic_problems(shots, seed=SHOT_SEED, steps=3, ops="+", max_operand=10) if shots else []
+    )
+    shot_pairs = few_shot(shot_problems)
+    prompts = [reasoning_prompt(model, p.question, shot_pairs, chat) for p in problems]
+    if mode == "generated":
+        traces = generate(
+            model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=STOP, progress=progress
+        )
+    else:
+        traces = [p.solution() for p in problems]
+    records: list[TraceRecord] = []
+    for p, prompt, trace in zip(problems, prompts, traces, strict=True):
+        got = inject_error(trace, random.Random(f"{seed}:{p.id}"))
+        prefix, inj = got if got is not None else ("", None)
+        records.append(
+            TraceRecord(p.id, p.question, p.answer, prompt, trace, grade(trace, p.answer), inj, prefix)
+        )
+    todo = [i for i, r in enumerate(records) if r.injection is not None]
+    conts = (
+        generate(
+            model,
+            [records[i].prompt + records[i].prefix for i in todo],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stop=STOP,
+            progress=progress,
+        )
+        if todo
+        else []
+    )
+    for i, cont in zip(todo, conts, strict=True):
+        records[i] = _grade_continuation(records[i], cont)
+    settings = dict(
+        model=model.name,
+        mode=mode,
+        seed=seed,
+        shots=shots,
+        chat=chat,
+        max_new_tokens=max_new_tokens,
+        n_problems=len(problems),
+        problem_source=problems[0].source,
+        problem_settings=dict(problems[0].meta),
+    )
+    return InjectionRun(tuple(records), settings)
+
+
+# ---- named spans for activation collection --------------------------------------------------------------
+def trace_examples(
+    run: InjectionRun, *, clean_correct_only: bool = False
+) -> tuple[list[Example], list[Example], list[str]]:
+    """Paired inputs for collection: (corrupted, clean, problem ids). Spans: "injected" (the result written
+    at the corrupted step), "after" (the reasoning after it, up to the answer marker) and "answer" (the final
+    answer). The clean twin has the original result and the original continuation at the same place."""
+    bad, good, ids = [], [], []
+    for r in run.injected:
+        if clean_correct_only and not r.clean_correct:
+            continue
+        inj = r.injection
+        assert inj is not None
+        head = r.prompt + r.trace[: inj.start]
+        corrupted = _segments(head, str(inj.wrong), r.continuation)
+        clean = _segments(head, str(inj.original), r.trace[inj.end :])
+        if corrupted is None or clean is None:
+            continue
+        bad.append(corrupted)
+        good.append(clean)
+        ids.append(r.id)
+    if not ids:
+        raise EmptyInput("no injected record has both an 'after' span and a final answer; run more problems")
+    return bad, good, ids
+
+
+def _segments(head: str, result: str, tail: str) -> Example | None:
+    k = tail.find("Answer:")
+    if k <= 0:
+        return None
+    after, rest = tail[:k], tail[k + len("Answer:") :]
+    ans = rest.split("\n", 1)[0]
+    if not after.strip() or not ans.strip():
+        return None
+    return Example.from_segments(
+        [(None, head), ("injected", result), ("after", after), (None, "Answer:"), ("answer", ans)]
+    )

@@ -1,0 +1,172 @@
+"""N samples from one prompt sharing a single prefill: the prompt's KV cache is computed once and expanded to
+N rows, each row draws from its own seeded generator (so a sample does not depend on which others share the
+batch), and finished rows leave the batch early."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steerlens.errors import EmptyInput, SteerlensError
+from steerlens.model import Model
+
+from .apply import Intervention, steer
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled continuation: its text (cut before a stop string), tokens, seed and why it ended."""
+
+    text: str
+    tokens: tuple[int, ...]
+    seed: int
+    finish: str  # "stop", "eos" or "length"
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    samples: tuple[Sample, ...]
+    prompt_tokens: int
+    forward_tokens: int  # tokens the model actually ran (prefill once + decode steps of live rows)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.samples]
+
+
+def sample(
+    model: Model,
+    prompt: str | Sequence[int],
+    seeds: Sequence[int],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    interventions: Sequence[Any] = (),
+    shared_prefill: bool = True,
+    ignore_eos: bool = False,
+) -> SampleSet:
+    """``len(seeds)`` samples of ``prompt``; sample i equals ``sample(model, prompt, [seeds[i]])`` whatever
+    else is in the batch (up to float reassociation in batched matmuls).
+
+    ``interventions``: ``steering.Intervention`` objects applied while sampling; per-row alphas give each
+    sample its own coefficient. The prefill is shared when it is the same for every row (per-row alphas that
+    only act on generated positions, or one alpha); otherwise each row prefills (still one batched call).
+    """
+    if not seeds:
+        raise EmptyInput("sample() needs at least one seed")
+    if temperature <= 0:
+        raise SteerlensError(f"temperature={temperature}: must be > 0 (use steerlens.generate for greedy)")
+    if not 0 < top_p <= 1:
+        raise SteerlensError(f"top_p={top_p}: expected 0 < top_p <= 1")
+    ids = model.tokenize(prompt)[0] if isinstance(prompt, str) else list(prompt)
+    n = len(seeds)
+    ivs = list(interventions)
+    for iv in ivs:
+        if not isinstance(iv, Intervention):
+            raise SteerlensError("interventions must be steerlens.steering.Intervention objects")
+        a = torch.as_tensor(iv.alpha)
+        if a.ndim == 1 and len(a) != n:
+            raise SteerlensError(
+                f"an intervention has {len(a)} per-row alphas for {n} seeds; pass one per seed"
+            )
+    differs = [
+        iv
+        for iv in ivs
+        if torch.as_tensor(iv.alpha).ndim == 1 and len(set(torch.as_tensor(iv.alpha).tolist())) > 1
+    ]
+    share = shared_prefill and all(iv.positions == "generated" for iv in differs)
+    prefill_rows = 1 if share else n
+    prefill_ivs = [
+        dataclasses.replace(iv, alpha=float(torch.as_tensor(iv.alpha).reshape(-1)[0]))
+        if share and torch.as_tensor(iv.alpha).ndim == 1
+        else iv
+        for iv in ivs
+    ]
+    dev = model.device
+    x = torch.tensor([ids] * prefill_rows, device=dev)
+    with ExitStack() as stack, torch.no_grad():
+        if prefill_ivs:
+            stack.enter_context(steer(model, *prefill_ivs))
+        out = model.hf(x, use_cache=True, logits_to_keep=1)
+    cache = out.cache
+    logits = out.logits[:, -1].float()
+    if share and n > 1:
+        cache.batch_repeat_interleave(n)
+        logits = logits.expand(n, -1)
+    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    eos = set() if ignore_eos else _eos_ids(model)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    finish = ["length"] * n
+    alive = list(range(n))
+    forward = len(ids) * prefill_rows
+    with ExitStack() as stack, torch.no_grad():
+        handle = stack.enter_context(steer(model, *ivs)) if ivs else None
+        for step in range(max_new_tokens):
+            nxt = [_draw(logits[j], temperature, top_p, gens[r]) for j, r in enumerate(alive)]
+            keep = []
+            for j, r in enumerate(alive):
+                tokens[r].append(nxt[j])
+                if nxt[j] in eos:
+                    finish[r] = "eos"
+                elif stop and any(s in model.tokenizer.decode(tokens[r][-16:]) for s in stop):
+                    finish[r] = "stop"
+                else:
+                    keep.append(j)
+            if not keep or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(alive):
+                idx = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(idx)
+                if handle is not None:
+                    handle.keep_rows(idx)
+                alive = [alive[j] for j in keep]
+                nxt = [nxt[j] for j in keep]
+            step_in = torch.tensor(nxt, device=dev).unsqueeze(-1)
+            out = model.hf(step_in, cache=cache, use_cache=True)
+            cache = out.cache
+            logits = out.logits[:, -1].float()
+            forward += len(alive)
+    samples = []
+    for r in range(n):
+        text = model.tokenizer.decode(tokens[r], skip_special_tokens=True)
+        if finish[r] == "stop":
+            cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=len(text))
+            text = text[:cut]
+        samples.append(Sample(text, tuple(tokens[r]), int(seeds[r]), finish[r]))
+    settings = dict(
+        model=model.name,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        shared_prefill=share,
+        stop=list(stop),
+    )
+    return SampleSet(tuple(samples), len(ids), forward, settings)
+
+
+def _draw(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+    probs = torch.softmax(logits.cpu() / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _eos_ids(model: Model) -> set[int]:
+    ids = set()
+    for src in (model.tokenizer.eos_token_id, getattr(model.hf.generation_config, "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, list):
+            ids.update(int(i) for i in src)
+    return ids

@@ -1,0 +1,516 @@
+"""Test-time scaling loops, each usable with or without steering.
+
+- ``wait_stacking``: sequential budget forcing. At the end-of-thinking marker ("Answer:") the answer of the
+  round is read, the marker is stripped, a continuation cue ("Wait, ...") is appended, and the model thinks
+  on, for k rounds; a round that exhausts its token budget is closed by force.
+- ``iterative_deepening``: self-correction cues inserted at growing budget intervals (b, 2b, 4b, ...).
+- ``parallel``: N samples per problem from one shared prefill; self-consistency (majority vote), best-of-N
+  and weighted voting with any verifier.
+
+Steering: ``interventions`` (``Intervention`` objects, e.g. a critique vector on generated tokens) apply to
+every round / sample; ``per_round`` gives each sequential round its own list.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from steerlens.probes.traces import SHOT_SEED, few_shot, reasoning_prompt
+
+from steerlens.errors import EmptyInput, SteerlensError
+from steerlens.figures import PALETTE, line_with_band, new_figure
+from steerlens.generation import generate, generate_detailed
+from steerlens.model import Model
+from steerlens.stats import Estimate, bootstrap
+from steerlens.tasks import Problem, extract_answer, grade, normalize_answer
+
+from .apply import Intervention, steer
+from .sampling import sample
+
+MARKER = "Answer:"
+WAIT = "\nWait, let me check each step again.\n"
+DEEPEN = "\nLet me double-check the steps so far.\n"
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of a sequential loop: the text it added, the answer read at its end, the tokens it used."""
+
+    text: str
+    answer: str | None
+    correct: bool
+    tokens: int
+    forced: bool  # the budget ran out and the answer was forced
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """Per problem, its rounds; accuracy per round and the round-to-round transition metrics."""
+
+    problem_ids: tuple[str, ...]
+    rounds: tuple[tuple[Round, ...], ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def correct(self) -> np.ndarray:
+        """[problems, rounds] 0/1 matrix."""
+        return np.array([[r.correct for r in rs] for rs in self.rounds], dtype=np.int64)
+
+    def tokens(self) -> np.ndarray:
+        """[problems, rounds] cumulative generated tokens."""
+        return np.cumsum(np.array([[r.tokens for r in rs] for rs in self.rounds]), axis=1)
+
+    def accuracy(self, n_boot: int = 1000, seed: int = 0) -> list[Estimate]:
+        c = self.correct()
+        return [bootstrap(_column_mean(c, k), len(c), n_boot=n_boot, seed=seed) for k in range(c.shape[1])]
+
+    def transitions(self, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Estimate]]:
+        """For rounds 1.., the confidence level P(right after | right before) and the critique score
+        P(right after | wrong before) (Confidence v.s. Critique), with bootstrap CIs over problems."""
+        c = self.correct()
+        out = []
+        for k in range(1, c.shape[1]):
+            before, after = c[:, k - 1], c[:, k]
+            out.append(
+                {
+                    "confidence_level": bootstrap(
+                        _conditional(before, after, 1), len(c), n_boot=n_boot, seed=seed
+                    ),
+                    "critique_score": bootstrap(
+                        _conditional(before, after, 0), len(c), n_boot=n_boot, seed=seed
+                    ),
+                }
+            )
+        return out
+
+
+def _column_mean(c: np.ndarray, k: int) -> Callable[[np.ndarray], float]:
+    return lambda i: float(c[i, k].mean())
+
+
+def _conditional(before: np.ndarray, after: np.ndarray, given: int) -> Callable[[np.ndarray], float]:
+    def stat(i: np.ndarray) -> float:
+        m = before[i] == given
+        return float(after[i][m].mean()) if m.any() else float("nan")
+
+    return stat
+
+
+def _prompts(model: Model, problems: Sequence[Problem], shots: int) -> list[str]:
+    shot_pairs = few_shot(_shot_problems(shots))
+    return [reasoning_prompt(model, p.question, shot_pairs) for p in problems]
+
+
+def _shot_problems(shots: int) -> list[Problem]:
+    from steerlens.tasks import arithmetic_problems
+
+    return arithmetic_problems(shots, seed=SHOT_SEED, steps=3, ops="+", max_operand=10) if shots else []
+
+
+def _steered(model: Model, ivs: Sequence[Intervention]) -> Callable[[list[int]], Any]:
+    """A ``generate`` context: the interventions (per-row alphas are not supported across problems here)."""
+
+    def ctx(rows: list[int]) -> Any:
+        stack = ExitStack()
+        if ivs:
+            stack.enter_context(steer(model, *ivs))
+        return stack
+
+    return ctx
+
+
+def _read_answers(
+    model: Model, texts: list[str], ivs: Sequence[Intervention], batch_size: int
+) -> list[str | None]:
+    """Force the end-of-thinking marker after each text and read the answer the model gives."""
+    outs = generate(
+        model,
+        [t + MARKER for t in texts],
+        max_new_tokens=8,
+        batch_size=batch_size,
+        stop=["\n"],
+        context=_steered(model, ivs),
+    )
+    return [extract_answer(MARKER + o) for o in outs]
+
+
+def _sequential(
+    model: Model,
+    problems: Sequence[Problem],
+    cues: Sequence[str],
+    budgets: Sequence[int],
+    *,
+    stop_at_marker: bool,
+    shots: int,
+    interventions: Sequence[Intervention],
+    per_round: Sequence[Sequence[Intervention]] | None,
+    batch_size: int,
+) -> SequentialResult:
+    problems = list(problems)
+    if not problems:
+        raise EmptyInput("no problems")
+    if per_round is not None and len(per_round) != len(budgets):
+        raise SteerlensError(f"per_round has {len(per_round)} entries for {len(budgets)} rounds")
+    prompts = _prompts(model, problems, shots)
+    thinking = [""] * len(problems)
+    rounds: list[list[Round]] = [[] for _ in problems]
+    for k, budget in enumerate(budgets):
+        ivs = list(per_round[k]) if per_round is not None else list(interventions)
+        starts = [p + t + (cues[k - 1] if k > 0 else "") for p, t in zip(prompts, thinking, strict=True)]
+        stop = [MARKER, "Question:", "\n\n"] if stop_at_marker else ["Question:", "\n\n"]
+        gens = generate_detailed(
+            model,
+            starts,
+            max_new_tokens=budget,
+            batch_size=batch_size,
+            stop=stop,
+            context=_steered(model, ivs),
+        )
+        texts = [s + g.text for s, g in zip(starts, gens, strict=True)]
+        answers = _read_answers(model, texts, ivs, batch_size)
+        for i, (g, ans) in enumerate(zip(gens, answers, strict=True)):
+            rounds[i].append(Round(g.text, ans, grade(ans, problems[i].answer), g.tokens, g.exhausted))
+            thinking[i] = texts[i][len(prompts[i]) :]
+    return SequentialResult(tuple(p.id for p in problems), tuple(tuple(r) for r in rounds))
+
+
+def wait_stacking(
+    model: Model,
+    problems: Sequence[Problem],
+    *,
+    rounds: int = 3,
+    budget: int = 48,
+    cue: str = WAIT,
+    shots: int = 3,
+    interventions: Sequence[Intervention] = (),
+    per_round: Sequence[Sequence[Intervention]] | None = None,
+    batch_size: int = 16,
+) -> SequentialResult:
+    """Round 0 thinks until the end-of-thinking marker; each of ``rounds`` further rounds strips it, appends
+    ``cue`` and thinks on. Every round's answer is read by forcing the marker; ``budget`` tokens per round."""
+    if rounds < 0 or budget < 1:
+        raise SteerlensError(f"need rounds >= 0 and budget >= 1 (got {rounds}, {budget})")
+    res = _sequential(
+        model,
+        problems,
+        [cue] * rounds,
+        [budget] * (rounds + 1),
+        stop_at_marker=True,
+        shots=shots,
+        interventions=interventions,
+        per_round=per_round,
+        batch_size=batch_size,
+    )
+    settings = dict(
+        loop="wait_stacking",
+        model=model.name,
+        rounds=rounds,
+        budget=budget,
+        cue=cue,
+        shots=shots,
+        steered=bool(interventions or per_round),
+    )
+    return SequentialResult(res.problem_ids, res.rounds, settings)
+
+
+def iterative_deepening(
+    model: Model,
+    problems: Sequence[Problem],
+    *,
+    first_budget: int = 16,
+    growth: float = 2.0,
+    steps: int = 3,
+    cue: str = DEEPEN,
+    shots: int = 3,
+    interventions: Sequence[Intervention] = (),
+    batch_size: int = 16,
+) -> SequentialResult:
+    """Think for ``first_budget`` tokens, insert a self-correction cue, think for ``growth`` times as long,
+    and so on for ``steps`` intervals; the answer is read at the end of every interval."""
+    budgets = [max(1, round(first_budget * growth**k)) for k in range(steps)]
+    res = _sequential(
+        model,
+        problems,
+        [cue] * (steps - 1),
+        budgets,
+        stop_at_marker=False,
+        shots=shots,
+        interventions=interventions,
+        per_round=None,
+        batch_size=batch_size,
+    )
+    settings = dict(
+        loop="iterative_deepening",
+        model=model.name,
+        budgets=budgets,
+        cue=cue,
+        shots=shots,
+        steered=bool(interventions),
+    )
+    return SequentialResult(res.problem_ids, res.rounds, settings)
+
+
+# ---- parallel ----------------------------------------------------------------------------------------
+Verifier = Callable[[Problem, list[str]], Sequence[float]]
+
+
+@dataclass(frozen=True)
+class ParallelResult:
+    """N sampled answers per problem (and optional verifier scores), scored by any aggregation and N."""
+
+    problem_ids: tuple[str, ...]
+    truths: tuple[str, ...]
+    answers: tuple[tuple[str | None, ...], ...]
+    scores: tuple[tuple[float, ...], ...] | None
+    tokens: tuple[tuple[int, ...], ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def pick(self, i: int, n: int, how: str) -> str | None:
+        return aggregate(
+            list(self.answers[i][:n]), None if self.scores is None else list(self.scores[i][:n]), how
+        )
+
+    def accuracy(self, n: int, how: str = "majority", n_boot: int = 1000, seed: int = 0) -> Estimate:
+        ok = np.array([grade(self.pick(i, n, how), t) for i, t in enumerate(self.truths)], dtype=float)
+        return bootstrap(lambda i: float(ok[i].mean()), len(ok), n_boot=n_boot, seed=seed)
+
+    def curve(
+        self, how: str = "majority", ns: Sequence[int] | None = None, n_boot: int = 1000
+    ) -> list[tuple[int, float, Estimate]]:
+        """(N, mean generated tokens per problem, accuracy) for N = 1, 2, 4, ... up to the samples drawn."""
+        n_max = len(self.answers[0])
+        ns = list(ns) if ns is not None else [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= n_max]
+        toks = np.array(self.tokens)
+        return [(n, float(toks[:, :n].sum(1).mean()), self.accuracy(n, how, n_boot)) for n in ns]
+
+
+def aggregate(answers: list[str | None], scores: list[float] | None, how: str) -> str | None:
+    """Pick one answer: "majority" (most frequent; ties to the earliest), "best" (highest verifier score),
+    "weighted" (answer with the largest summed score), or "first"."""
+    valid = [(k, a) for k, a in enumerate(answers) if a is not None]
+    if not valid:
+        return None
+    norm = {k: normalize_answer(a) for k, a in valid}
+    if how == "first":
+        return answers[0]
+    if how == "majority":
+        counts = Counter(norm.values())
+        top = max(counts.values())
+        return next(a for k, a in valid if counts[norm[k]] == top)
+    if scores is None:
+        raise SteerlensError(f"how={how!r} needs verifier scores; pass verifier= to parallel()")
+    if how == "best":
+        k = max((k for k, _ in valid), key=lambda k: (scores[k], -k))
+        return answers[k]
+    if how == "weighted":
+        tot: dict[str, float] = {}
+        for k, _ in valid:
+            tot[norm[k]] = tot.get(norm[k], 0.0) + scores[k]
+        best = max(tot.values())
+        return next(a for k, a in valid if tot[norm[k]] == best)
+    raise SteerlensError(f"how={how!r}: expected 'majority', 'best', 'weighted' or 'first'")
+
+
+def parallel(
+    model: Model,
+    problems: Sequence[Problem],
+    *,
+    n: int = 16,
+    seed: int = 0,
+    temperature: float = 0.8,
+    max_new_tokens: int = 64,
+    shots: int = 3,
+    interventions: Sequence[Intervention] = (),
+    verifier: Verifier | None = None,
+) -> ParallelResult:
+    """``n`` samples per problem from one shared prefill (seeds ``seed*100000 + problem*1000 + j``), with
+    optional verifier scores for best-of-N and weighted voting."""
+    problems = list(problems)
+    if not problems:
+        raise EmptyInput("no problems")
+    prompts = _prompts(model, problems, shots)
+    answers, scores, tokens = [], [], []
+    for pi, (p, prompt) in enumerate(zip(problems, prompts, strict=True)):
+        seeds = [seed * 100_000 + pi * 1_000 + j for j in range(n)]
+        got = sample(
+            model,
+            prompt,
+            seeds,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            stop=["\n\n", "Question:"],
+            interventions=interventions,
+        )
+        answers.append(tuple(extract_answer(t) for t in got.texts))
+        tokens.append(tuple(len(s.tokens) for s in got.samples))
+        if verifier is not None:
+            scores.append(tuple(float(v) for v in verifier(p, got.texts)))
+    settings = dict(
+        loop="parallel",
+        model=model.name,
+        n=n,
+        seed=seed,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        shots=shots,
+        steered=bool(interventions),
+        verifier=getattr(verifier, "__name__", None) if verifier else None,
+    )
+    return ParallelResult(
+        tuple(p.id for p in problems),
+        tuple(p.answer for p in problems),
+        tuple(answers),
+        tuple(scores) if verifier is not None else None,
+        tuple(tokens),
+        settings,
+    )
+
+
+def p_true_verifier(model: Model, interventions: Sequence[Intervention] = ()) -> Verifier:
+    """A verifier scoring each sampled solution by the model's own P(True) that it is correct."""
+    from steerlens.probes.detection import JUDGE, p_true
+
+    def verify(problem: Problem, solutions: list[str]) -> Sequence[float]:
+        prompts = [JUDGE.format(problem=problem.question, solution=s.strip()) for s in solutions]
+        return p_true(model, prompts, context=_steered(model, interventions)).tolist()
+
+    verify.__name__ = "p_true"
+    return verify
+
+
+# ---- figures -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScalingComparison:
+    """Accuracy-vs-N and accuracy-vs-rounds curves for several conditions (e.g. unsteered, critique-steered,
+    random-control-steered), drawn in one figure with 95% CIs."""
+
+    parallel: dict[str, ParallelResult]
+    sequential: dict[str, SequentialResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, n_boot: int = 1000) -> dict[str, Any]:
+        out: dict[str, Any] = {"settings": self.settings, "parallel": {}, "sequential": {}}
+        for name, pr in self.parallel.items():
+            out["parallel"][name] = [
+                {
+                    "n": n,
+                    "tokens": t,
+                    "majority": e.to_dict(),
+                    **({"best_of_n": pr.accuracy(n, "best", n_boot).to_dict()} if pr.scores else {}),
+                }
+                for n, t, e in pr.curve("majority", n_boot=n_boot)
+            ]
+        for name, sr in self.sequential.items():
+            out["sequential"][name] = {
+                "accuracy": [e.to_dict() for e in sr.accuracy(n_boot)],
+                "tokens": sr.tokens().mean(0).tolist(),
+                "transitions": [{k: v.to_dict() for k, v in t.items()} for t in sr.transitions(n_boot)],
+            }
+        return out
+
+    def figure(self) -> Any:
+        from plotly.subplots import make_subplots
+
+        base = new_figure(f"Test-time scaling ({self.settings.get('model')})", "", "")
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            subplot_titles=("parallel: majority vote over N samples", "sequential: 'Wait' rounds"),
+        )
+        fig.update_layout(template=base.layout.template, title=base.layout.title, width=1000)
+        colours = {
+            name: PALETTE[k % len(PALETTE)]
+            for k, name in enumerate(dict.fromkeys([*self.parallel, *self.sequential]))
+        }
+        for name, pr in self.parallel.items():
+            pts = pr.curve("majority")
+            sub = line_with_band(
+                new_figure("", "", ""),
+                [n for n, _, _ in pts],
+                [e.value for *_, e in pts],
+                [e.lo for *_, e in pts],
+                [e.hi for *_, e in pts],
+                name,
+                colours[name],
+            )
+            for tr in sub.data:
+                fig.add_trace(tr, row=1, col=1)
+        for name, sr in self.sequential.items():
+            acc = sr.accuracy()
+            sub = line_with_band(
+                new_figure("", "", ""),
+                list(range(len(acc))),
+                [e.value for e in acc],
+                [e.lo for e in acc],
+                [e.hi for e in acc],
+                name,
+                colours[name],
+            )
+            for tr in sub.data:
+                tr.showlegend = False
+                fig.add_trace(tr, row=1, col=2)
+        fig.update_xaxes(title_text="samples N", type="log", dtick=np.log10(2), row=1, col=1)
+        fig.update_xaxes(title_text="rounds of 'Wait'", row=1, col=2)
+        fig.update_yaxes(title_text="accuracy", range=[0, 1])
+        return fig
+
+
+def scaling_study(
+    model: Model,
+    vector: Any,
+    layer: int,
+    out: str | Path | None = None,
+    *,
+    n_problems: int = 24,
+    seed: int = 0,
+    n: int = 8,
+    rounds: int = 2,
+    budget: int = 40,
+    alpha: float = 0.1,
+    units: str = "resid",
+    progress: bool = True,
+) -> ScalingComparison:
+    """Parallel (majority over N) and sequential ("Wait" rounds) scaling on held-out synthetic problems for
+    three conditions: unsteered, steered with ``vector`` at ``layer`` on generated tokens, and steered with a
+    random direction of equal norm (the control)."""
+    from steerlens.figures import save_figure
+    from steerlens.files import write_json
+    from steerlens.tasks import arithmetic_problems
+
+    say = print if progress else (lambda *a, **k: None)
+    problems = arithmetic_problems(n_problems, seed=seed + 5_000, steps=3, ops="+", max_operand=10)
+    at = vector.select([layer])
+    conditions = {
+        "unsteered": [],
+        f"critique (alpha {alpha})": [Intervention(at, alpha=alpha, units=units, positions="generated")],
+        f"random control (alpha {alpha})": [
+            Intervention(at.random_like(seed + 1), alpha=alpha, units=units, positions="generated")
+        ],
+    }
+    par, seq = {}, {}
+    for name, ivs in conditions.items():
+        say(f"      {name}: {n} samples x {n_problems} problems, then {rounds} 'Wait' rounds", flush=True)
+        par[name] = parallel(model, problems, n=n, seed=seed, interventions=ivs)
+        seq[name] = wait_stacking(model, problems, rounds=rounds, budget=budget, interventions=ivs)
+    settings = dict(
+        model=model.name,
+        n_problems=n_problems,
+        seed=seed,
+        n=n,
+        rounds=rounds,
+        budget=budget,
+        alpha=alpha,
+        units=units,
+        layer=layer,
+    )
+    comp = ScalingComparison(par, seq, settings)
+    if out is not None:
+        out_p = Path(out)
+        write_json(out_p / "tts.json", comp.to_dict())
+        save_figure(comp.figure(), out_p / "tts_curves.html")
+    return comp

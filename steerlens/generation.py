@@ -1,0 +1,158 @@
+"""Batched text generation from the HF view: left padding, stop strings, seeds, deterministic batching."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import EmptyInput
+from .model import Model
+
+
+def generate(
+    model: Model,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    stop: Sequence[str] = (),
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Continuations of ``prompts`` (text after the prompt, cut before the first ``stop`` string).
+    ``generate_detailed`` also returns token counts and whether the budget ran out.
+
+    Prompts are batched in length order (less padding) with left padding; the batching depends only on the
+    prompts, so the same call gives the same text. ``context(rows)`` (the prompt indices in the batch) is
+    entered around each batch: e.g. a ``steer`` context with per-row alphas for those rows.
+    """
+    return [
+        g.text
+        for g in generate_detailed(
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stop=stop,
+            do_sample=do_sample,
+            temperature=temperature,
+            seed=seed,
+            context=context,
+            progress=progress,
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str  # cut before the first stop string
+    tokens: int  # tokens generated (up to the stop, EOS or the budget)
+    exhausted: bool  # the budget ran out before a stop string or EOS
+
+
+def generate_detailed(
+    model: Model,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    stop: Sequence[str] = (),
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    progress: bool = False,
+) -> list[Generated]:
+    """``generate`` with the token count of each continuation and whether its budget ran out."""
+    if not prompts:
+        raise EmptyInput("generate() got no prompts")
+    tok = model.tokenizer
+    ids = model.tokenize(list(prompts))
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    out: list[Generated] = [Generated("", 0, False)] * len(ids)
+    pad = tok.pad_token_id
+    enders = {pad, tok.eos_token_id} - {None}
+    batches: Any = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="generate", unit="batch")
+    for start in batches:
+        rows = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in rows)
+        x = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in rows], device=model.device)
+        mask = torch.tensor(
+            [[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in rows], device=model.device
+        )
+        kw: dict[str, Any] = dict(
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=pad,
+        )
+        if do_sample:
+            kw["temperature"] = temperature
+            kw["top_k"] = 0
+            kw["top_p"] = 1.0
+            torch.manual_seed(seed + start)
+        if stop:
+            kw["stop_strings"] = list(stop)
+            kw["tokenizer"] = tok
+        ctx = context(rows) if context is not None else nullcontext()
+        with ctx, torch.no_grad():
+            gen = model.hf.generate(x, **kw)  # type: ignore[operator]
+        for j, i in enumerate(rows):
+            new = gen[j, width:].tolist()
+            n = next((k for k, t in enumerate(new) if t in enders), len(new))
+            text = tok.decode(new[:n], skip_special_tokens=True)
+            cut = cut_at(text, stop)
+            out[i] = Generated(cut, n, n >= max_new_tokens and len(cut) == len(text))
+    return out
+
+
+def cut_at(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (not including) the earliest of the ``stop`` strings."""
+    cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=len(text))
+    return text[:cut]
+
+
+def next_token_logprobs(
+    model: Model,
+    prompts: Sequence[str],
+    candidates: Sequence[int],
+    *,
+    batch_size: int = 16,
+    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+) -> torch.Tensor:
+    """``[len(prompts), len(candidates)]`` log-probabilities of each candidate token right after each prompt.
+
+    Left padding with explicit position ids and only the last position's logits computed, so a batch costs
+    one body forward plus one unembedding row per prompt. ``context(rows)`` as in ``generate``.
+    """
+    if not prompts:
+        raise EmptyInput("next_token_logprobs() got no prompts")
+    ids = model.tokenize(list(prompts))
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    out = torch.empty(len(ids), len(candidates))
+    cand = torch.tensor(list(candidates), device=model.device)
+    pad = model.tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in rows)
+        x = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in rows], device=model.device)
+        mask = torch.tensor(
+            [[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in rows], device=model.device
+        )
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        ctx = context(rows) if context is not None else nullcontext()
+        with ctx, torch.no_grad():
+            logits = model.hf(x, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        out[rows] = torch.log_softmax(logits.float(), -1)[:, cand].cpu()
+    return out

@@ -1,0 +1,83 @@
+"""Error injection: deterministic corruption, grading categories, bit-for-bit reproducible runs."""
+
+import random
+
+import pytest
+from steerlens.probes.traces import (
+    EQUATION,
+    InjectionRun,
+    TraceRecord,
+    _grade_continuation,
+    error_injected_reasoning,
+    inject_error,
+    trace_examples,
+)
+
+from steerlens.tasks import arithmetic_problems
+
+TRACE = "Step 1: 3 + 4 = 7\nStep 2: 7 + 5 = 12\nStep 3: 12 + 2 = 14\nAnswer: 14"
+
+
+def test_inject_error_is_seeded_and_local():
+    prefix, inj = inject_error(TRACE, random.Random("s"))
+    assert (prefix, inj) == inject_error(TRACE, random.Random("s"))
+    assert inj.step in (0, 1)  # never the last equation: an error needs reasoning after it
+    assert inj.wrong != inj.original and inj.wrong >= 0
+    assert prefix.endswith(str(inj.wrong)) and TRACE[inj.start : inj.end] == str(inj.original)
+    assert TRACE.startswith(prefix[: inj.start])
+    assert inject_error("Step 1: 3 + 4 = 7\nAnswer: 7", random.Random(0)) is None
+
+
+@pytest.mark.parametrize(
+    ("continuation", "category", "next_uses"),
+    [
+        ("\nStep 2: 9 + 5 = 14\nStep 3: 14 + 2 = 16\nAnswer: 16", "propagated", "wrong"),
+        ("\nStep 2: 7 + 5 = 12\nStep 3: 12 + 2 = 14\nAnswer: 14", "recovered", "original"),
+        ("\nStep 2: 9 + 5 = 14\nStep 3: 14 + 2 = 16\nAnswer: 14", "hidden_critique", "wrong"),
+        ("\nStep 2: 7 + 5 = 12\nStep 3: 12 + 2 = 14\nAnswer: 15", "unfaithful_answer", "original"),
+    ],
+)
+def test_grading_categories(continuation, category, next_uses):
+    _, inj = inject_error(TRACE, random.Random(0), step=0)
+    inj = type(inj)(0, 7, 9, inj.start, inj.end)
+    rec = TraceRecord("x", "q", "14", "prompt", TRACE, True, inj, TRACE[: inj.start] + "9")
+    graded = _grade_continuation(rec, continuation)
+    assert graded.category == category and graded.next_uses == next_uses
+
+
+@pytest.fixture(scope="module")
+def templated_run(smol):
+    return error_injected_reasoning(smol, n=12, mode="templated", seed=5, max_new_tokens=40)
+
+
+def test_runs_are_reproducible_bit_for_bit(smol, templated_run, tmp_path):
+    again = error_injected_reasoning(smol, n=12, mode="templated", seed=5, max_new_tokens=40)
+    assert again.records == templated_run.records
+    path = templated_run.save(tmp_path / "records.jsonl")
+    assert InjectionRun.load(path).records == templated_run.records
+    t = templated_run.table()
+    assert t["n"] == 12 == sum(t["thinking_correct"].values()) + sum(t["thinking_wrong"].values())
+    assert all(r.clean_correct for r in templated_run.records)  # templated traces are the reference
+    probs = {p.id: p for p in arithmetic_problems(12, seed=5, steps=3, ops="+", max_operand=10)}
+    for r in templated_run.injected:
+        assert r.prefix.endswith(str(r.injection.wrong))
+        eqs = EQUATION.findall(r.trace)
+        assert (
+            int(eqs[r.injection.step][3])
+            == r.injection.original
+            == probs[r.id].steps[r.injection.step].result
+        )
+
+
+def test_trace_examples_spans_point_at_the_right_text(templated_run):
+    bad, good, ids = trace_examples(templated_run)
+    assert len(bad) == len(good) == len(ids) > 0
+    by_id = {r.id: r for r in templated_run.records}
+    for b, g, pid in zip(bad, good, ids, strict=True):
+        inj = by_id[pid].injection
+        s, e = b.spans["injected"]
+        assert b.text[s:e] == str(inj.wrong)
+        s, e = g.spans["injected"]
+        assert g.text[s:e] == str(inj.original)
+        s, e = b.spans["answer"]
+        assert b.text[:s].endswith("Answer:")

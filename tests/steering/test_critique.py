@@ -1,0 +1,82 @@
+"""Critique vector: built on the training split, layer chosen on validation; detection sweep controls."""
+
+import numpy as np
+import pytest
+import torch
+from steerlens.probes.detection import synthetic_detection_set
+from steerlens.probes.linear import group_split
+from steerlens.probes.traces import error_injected_reasoning, trace_examples
+from steerlens.steering import SteeringVector
+from steerlens.steering.critique import critique_vector, detection_sweep
+
+from steerlens.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(smol):
+    return error_injected_reasoning(smol, n=30, mode="templated", seed=1, max_new_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def cv(smol, run):
+    return critique_vector(smol, run, span="answer", seed=0)
+
+
+def test_vector_uses_training_split_only(smol, run, cv):
+    *_, ids = trace_examples(run)
+    n = len(ids)
+    train = group_split(ids + ids, (0.6, 0.2, 0.2), 0)[0]
+    assert cv.vector.settings["n_train_pairs"] == sum(i < n for i in train) < n
+    assert cv.layer == max(cv.sweep.scores, key=lambda s: (np.nan_to_num(s.val_auroc), -s.layer)).layer
+    assert cv.vector.layers == list(range(smol.cfg.n_layers))
+    assert abs(cv.at_layer.directions[cv.layer].norm().item() - 1) < 1e-5
+
+
+def test_detection_sweep_controls(smol, cv):
+    items = synthetic_detection_set(10, seed=9)
+    ds = detection_sweep(smol, cv, items, alphas=(-0.1, 0.0, 0.1), n_boot=50)
+    crit, rand = ds.series("critique"), ds.series("random")
+    assert [p.alpha for p in crit] == [-0.1, 0.0, 0.1] == [p.alpha for p in rand]
+    assert (crit[1].accuracy, crit[1].f1) == (rand[1].accuracy, rand[1].f1)  # alpha 0: one unsteered run
+    for p in ds.points:
+        assert p.accuracy.lo <= p.accuracy.value <= p.accuracy.hi
+    # steering moves the model's verdicts, and the random control is a different direction of equal norm
+    assert crit[0].mean_p_error_on_errors != crit[2].mean_p_error_on_errors
+    r = cv.at_layer.random_like(1)
+    assert abs(torch.dot(r.directions[cv.layer], cv.at_layer.directions[cv.layer])) < 0.2
+    assert r.raw_norms == cv.at_layer.raw_norms
+    assert isinstance(ds.verdict(), str) and ds.figure().data
+
+
+@pytest.mark.slow
+def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "crit"
+    argv = [
+        "critique",
+        "--out",
+        str(out),
+        "--n",
+        "24",
+        "--n-detect",
+        "12",
+        "--mode",
+        "templated",
+        "--alphas",
+        "-0.1,0,0.1",
+    ]
+    assert main(argv) == 0
+    for name in (
+        "records.jsonl",
+        "metrics.json",
+        "critique_vector.safetensors",
+        "detection_vs_alpha.html",
+        "probe_layers.html",
+        "injection_table.html",
+        "plotly.min.js",
+    ):
+        assert (out / name).exists(), name
+    vec = SteeringVector.load(out / "critique_vector.safetensors")
+    assert vec.settings["kind"] == "critique"
+    capsys.readouterr()
+    assert main(argv) == 0  # a rerun resumes: the records are reused, not regenerated
+    assert "reusing" in capsys.readouterr().out

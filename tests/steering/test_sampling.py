@@ -1,0 +1,60 @@
+"""Shared-prefill sampling: each sample equals an independent call with its seed, steered or not."""
+
+import pytest
+from steerlens.steering import Intervention
+from steerlens.steering.sampling import sample
+
+from steerlens.errors import SteerlensError
+
+PROMPT = "Question: Ana has 3 apples and buys 4 more. How many apples does Ana have now?\nStep 1:"
+
+
+def test_shared_prefill_equals_independent_calls(smol):
+    seeds = [11, 12, 13, 14, 15]
+    shared = sample(smol, PROMPT, seeds, max_new_tokens=24, temperature=0.9, stop=["\n\n"])
+    assert shared.settings["shared_prefill"]
+    for s in shared.samples:
+        alone = sample(smol, PROMPT, [s.seed], max_new_tokens=24, temperature=0.9, stop=["\n\n"]).samples[0]
+        assert alone.tokens == s.tokens and alone.text == s.text
+    assert len({s.tokens for s in shared.samples}) > 1  # the seeds really differ
+    n_prompt = shared.prompt_tokens
+    decode = sum(len(s.tokens) - 1 for s in shared.samples)
+    assert shared.forward_tokens == n_prompt + decode  # one prefill; finished rows stop costing
+
+
+def test_per_row_alphas_on_generated_tokens_share_the_prefill(smol, smol_vec):
+    vec = smol_vec.select([5, 10, 15])
+    alphas = [-1.0, 0.0, 1.0, 2.0]
+    seeds = [3, 3, 3, 3]  # same seed: differences come from the steering alone
+    got = sample(
+        smol,
+        PROMPT,
+        seeds,
+        max_new_tokens=16,
+        temperature=0.7,
+        interventions=[Intervention(vec, alpha=alphas, positions="generated")],
+    )
+    assert got.settings["shared_prefill"]
+    for a, s in zip(alphas, got.samples, strict=True):
+        alone = sample(
+            smol,
+            PROMPT,
+            [3],
+            max_new_tokens=16,
+            temperature=0.7,
+            interventions=[Intervention(vec, alpha=a, positions="generated")],
+        ).samples[0]
+        assert alone.tokens == s.tokens
+    assert got.samples[0].tokens != got.samples[3].tokens
+
+
+def test_per_row_alphas_on_prompt_tokens_prefill_per_row(smol, smol_vec):
+    vec = smol_vec.select([5])
+    got = sample(smol, PROMPT, [1, 1], max_new_tokens=6, interventions=[Intervention(vec, alpha=[0.0, 3.0])])
+    assert not got.settings["shared_prefill"]
+    alone = sample(smol, PROMPT, [1], max_new_tokens=6, interventions=[Intervention(vec, alpha=3.0)])
+    assert alone.samples[0].tokens == got.samples[1].tokens
+    with pytest.raises(SteerlensError, match="per-row alphas"):
+        sample(smol, PROMPT, [1, 2, 3], interventions=[Intervention(vec, alpha=[0.0, 1.0])])
+    with pytest.raises(SteerlensError, match="temperature"):
+        sample(smol, PROMPT, [1], temperature=0)

@@ -1,0 +1,101 @@
+"""Test-time scaling: vote / best-of-N logic on fixed samples, transition metrics by hand, real-model loops."""
+
+import numpy as np
+import pytest
+from steerlens.steering import Intervention
+from steerlens.steering.tts import (
+    WAIT,
+    ParallelResult,
+    Round,
+    SequentialResult,
+    aggregate,
+    iterative_deepening,
+    parallel,
+    wait_stacking,
+)
+
+from steerlens.errors import SteerlensError
+from steerlens.tasks import arithmetic_problems
+
+
+def test_aggregation_rules():
+    answers = ["7", "8", "8", None, "7", "9"]
+    assert aggregate(answers, None, "majority") == "7"  # 7 and 8 tie at two votes: the earlier wins
+    assert aggregate(["1,000", "1000", "5"], None, "majority") == "1,000"  # normalised before counting
+    scores = [0.1, 0.2, 0.3, 0.99, 0.05, 0.9]
+    assert aggregate(answers, scores, "best") == "9"  # None answers never win
+    assert aggregate(answers, scores, "weighted") == "9"  # 0.9 > 0.5 (8) > 0.15 (7)
+    assert aggregate([None, None], None, "majority") is None
+    with pytest.raises(SteerlensError, match="verifier"):
+        aggregate(answers, None, "best")
+
+
+def test_parallel_result_accuracy_vs_n():
+    res = ParallelResult(
+        problem_ids=("a", "b"),
+        truths=("7", "3"),
+        answers=(("5", "7", "7", "7"), ("3", "4", "4", "3")),
+        scores=((0.1, 0.9, 0.2, 0.2), (0.8, 0.1, 0.1, 0.2)),
+        tokens=((10, 10, 10, 10), (5, 5, 5, 5)),
+    )
+    assert res.accuracy(1).value == 0.5  # a: 5 wrong; b: 3 right
+    assert res.accuracy(2).value == 0.5  # a: tie 5/7 -> 5; b: tie 3/4 -> 3
+    assert res.accuracy(4).value == 1.0  # a: 7 (3 votes); b: 3 vs 4 tie -> 3 (earlier)
+    assert res.accuracy(4, "best").value == 1.0
+    assert [n for n, _, _ in res.curve()] == [1, 2, 4]
+    assert res.curve()[-1][1] == 30.0  # mean tokens per problem at N = 4
+
+
+def test_transition_metrics_by_hand():
+    def rounds(flags):
+        return tuple(Round("", None, bool(f), 1, False) for f in flags)
+
+    res = SequentialResult(
+        ("a", "b", "c", "d"), (rounds([1, 1]), rounds([1, 0]), rounds([0, 1]), rounds([0, 0]))
+    )
+    t = res.transitions(n_boot=100)[0]
+    assert t["confidence_level"].value == 0.5 and t["critique_score"].value == 0.5
+    assert [e.value for e in res.accuracy(n_boot=50)] == [0.5, 0.5]
+    assert np.array_equal(res.tokens(), [[1, 2]] * 4)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return arithmetic_problems(6, seed=7, steps=2, ops="+", max_operand=9)
+
+
+def test_wait_stacking_rounds_and_budgets(smol, problems):
+    res = wait_stacking(smol, problems, rounds=2, budget=12, batch_size=6)
+    assert res.correct().shape == (6, 3)  # round 0 plus exactly two continuation rounds
+    for rs in res.rounds:
+        assert all(r.tokens <= 12 for r in rs)
+        assert all(r.tokens == 12 for r in rs if r.forced)  # forced closes only when the budget ran out
+    assert res.settings["cue"] == WAIT
+
+
+def test_iterative_deepening_budgets_grow(smol, problems):
+    res = iterative_deepening(smol, problems[:3], first_budget=4, growth=2, steps=3, batch_size=3)
+    assert res.settings["budgets"] == [4, 8, 16]
+    for rs in res.rounds:
+        assert [r.tokens <= b for r, b in zip(rs, [4, 8, 16], strict=True)] == [True] * 3
+
+
+def test_parallel_steered_runs(smol, smol_vec, problems):
+    vec = smol_vec.select([10])
+    res = parallel(
+        smol,
+        problems[:2],
+        n=4,
+        max_new_tokens=20,
+        interventions=[Intervention(vec, alpha=0.1, units="resid", positions="generated")],
+    )
+    assert len(res.answers) == 2 and all(len(a) == 4 for a in res.answers)
+    assert res.settings["steered"]
+    again = parallel(
+        smol,
+        problems[:2],
+        n=4,
+        max_new_tokens=20,
+        interventions=[Intervention(vec, alpha=0.1, units="resid", positions="generated")],
+    )
+    assert again.answers == res.answers  # seeded
