@@ -158,6 +158,7 @@ class DetectionSweep:
         return {
             "settings": self.settings,
             "p_true_auroc": self.p_true_auroc,
+            "slope_p_error_per_alpha": {"critique": self.slope("critique"), "random": self.slope("random")},
             "points": [
                 {
                     "vector": p.vector,
@@ -192,6 +193,13 @@ class DetectionSweep:
             ]
         )
 
+    def slope(self, vector: str) -> float:
+        """Least-squares slope of the mean P(error) (over all items) against alpha: the dose-response."""
+        pts = self.series(vector)
+        a = np.array([p.alpha for p in pts])
+        y = np.array([(p.mean_p_error_on_errors + p.mean_p_error_on_clean) / 2 for p in pts])
+        return float(np.polyfit(a, y, 1)[0]) if len(pts) > 1 else float("nan")
+
     def verdict(self) -> str:
         """One honest sentence: does the critique vector beat its random control anywhere, beyond the CIs?"""
         crit, rand = self.series("critique"), self.series("random")
@@ -201,11 +209,18 @@ class DetectionSweep:
             for c, r in zip(crit, rand, strict=True)
             if c.accuracy.lo > max(r.accuracy.hi, base.accuracy.hi)
         ]
+        slopes = (
+            f"; mean P(error) vs alpha has slope {self.slope('critique'):+.3f} for the critique vector and "
+            f"{self.slope('random'):+.3f} for the random control"
+        )
         if wins:
-            return f"critique steering raises detection accuracy above both the unsteered model and the random control at alpha {wins}"
+            return (
+                "critique steering raises detection accuracy above both the unsteered model and the random "
+                f"control at alpha {wins}" + slopes
+            )
         return (
             "no alpha raises detection accuracy above both the unsteered model and the random control beyond "
-            f"the 95% CIs (unsteered accuracy {base.accuracy})"
+            f"the 95% CIs (unsteered accuracy {base.accuracy})" + slopes
         )
 
     def figure(self) -> Any:

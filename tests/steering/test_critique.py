@@ -61,8 +61,7 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
         "12",
         "--mode",
         "templated",
-        "--alphas",
-        "-0.1,0,0.1",
+        "--alphas=-0.1,0,0.1",
     ]
     assert main(argv) == 0
     for name in (
