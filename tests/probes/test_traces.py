@@ -81,3 +81,14 @@ def test_trace_examples_spans_point_at_the_right_text(templated_run):
         assert g.text[s:e] == str(inj.original)
         s, e = b.spans["answer"]
         assert b.text[:s].endswith("Answer:")
+
+
+@pytest.mark.slow
+def test_generated_mode_is_reproducible(smol):
+    """The model's own chain of thought, corrupted and continued: same seed, same records, bit for bit."""
+    a = error_injected_reasoning(smol, n=6, seed=2, max_new_tokens=40)
+    b = error_injected_reasoning(smol, n=6, seed=2, max_new_tokens=40)
+    assert a.records == b.records
+    assert a.summary()["n_problems"] == 6
+    for r in a.injected:
+        assert r.prefix == r.trace[: r.injection.start] + str(r.injection.wrong)
