@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,38 @@ class Logistic:
 
     def prob(self, x: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:
         return torch.sigmoid(((x.double() - self.mu) / self.sd) @ self.w + self.b).float()
+
+    def save(self, path: str | Path, **metadata: Any) -> Path:
+        """safetensors (w, b, mu, sd) + JSON metadata, written atomically."""
+        from safetensors.torch import save_file
+
+        from steerlens.files import atomic_write
+
+        tensors = {
+            "w": self.w,
+            "b": torch.tensor([self.b], dtype=torch.float64),
+            "mu": self.mu,
+            "sd": self.sd,
+        }
+        meta = {"format": "steerlens.logistic/1", **{k: json.dumps(v) for k, v in metadata.items()}}
+        return atomic_write(
+            path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), meta)
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[Logistic, dict[str, Any]]:
+        """The probe and its metadata; refuses NaN/inf."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "steerlens.logistic/1":
+                raise SteerlensError(f"{path} is not a steerlens probe file (format {meta.get('format')!r})")
+            t = {k: f.get_tensor(k) for k in ("w", "b", "mu", "sd")}
+        if not all(torch.isfinite(v).all() for v in t.values()):
+            raise SteerlensError(f"{path} holds NaN/inf values; refit the probe")
+        extra = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+        return cls(t["w"], float(t["b"][0]), t["mu"], t["sd"]), extra
 
     @property
     def direction(self) -> Float[Tensor, " d"]:

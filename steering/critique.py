@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from steerlens.probes.detection import earliest_error, step_p_true, synthetic_detection_set
-from steerlens.probes.linear import LayerSweep, group_split, probe_layers
+from steerlens.probes.linear import LayerSweep, Logistic, fit_logistic, group_split, probe_layers
 from steerlens.probes.scoring import StepItem, processbench_score
 from steerlens.probes.traces import InjectionRun, error_injected_reasoning, trace_examples
 
@@ -43,6 +43,7 @@ class CritiqueVector:
     layer: int
     sweep: LayerSweep
     span: str
+    probe: Logistic | None = None  # the error probe at ``layer``, fitted on the training split
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -112,7 +113,9 @@ def critique_vector(
         ),
     )
     settings = dict(span=span, method=method, pool=pool, seed=seed, context=context, n_pairs=n)
-    return CritiqueVector(vec, sweep.best_layer, sweep, span, settings)
+    y = torch.tensor(labels)[torch.as_tensor(train)]
+    probe = fit_logistic(feats[sweep.best_layer][torch.as_tensor(train)], y)
+    return CritiqueVector(vec, sweep.best_layer, sweep, span, probe, settings)
 
 
 def _requestion(examples: list[Example], run: InjectionRun, ids: list[str]) -> list[Example]:
@@ -414,6 +417,8 @@ class CritiqueStudy:
         out.mkdir(parents=True, exist_ok=True)
         self.run.save(out / "records.jsonl")
         self.critique.vector.save(out / "critique_vector.safetensors")
+        if self.critique.probe is not None:
+            self.critique.probe.save(out / "critique_probe.safetensors", layer=self.critique.layer)
         write_json(out / "metrics.json", self.summary())
         for name, fig in self.figures().items():
             save_figure(fig, out / f"{name}.html")

@@ -27,6 +27,7 @@ from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import PALETTE, line_with_band, new_figure
 from steerlens.generation import generate, generate_detailed
 from steerlens.model import Model
+from steerlens.sites import first_tensor
 from steerlens.stats import Estimate, bootstrap
 from steerlens.tasks import Problem, extract_answer, grade, normalize_answer
 
@@ -383,6 +384,44 @@ def p_true_verifier(model: Model, interventions: Sequence[Intervention] = ()) ->
     return verify
 
 
+def probe_verifier(model: Model, probe: Any, layer: int) -> Verifier:
+    """A verifier scoring each sampled solution by 1 - P(error) of a linear probe (e.g. the critique probe,
+    ``CritiqueVector.probe``) on resid_post at ``layer``, averaged over the final-answer tokens (the span
+    the critique probe was trained on; the last token when a sample states no answer)."""
+
+    def verify(problem: Problem, solutions: list[str]) -> Sequence[float]:
+        import torch
+
+        scores = []
+        for sol in solutions:
+            head = f"Question: {problem.question}\n"
+            k = sol.find(MARKER)
+            text = head + sol
+            enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+            offs = enc["offset_mapping"]
+            if k >= 0:
+                a = len(head) + k + len(MARKER)
+                b = a + len(sol[k + len(MARKER) :].split("\n", 1)[0])
+                pos = [i for i, (s, e) in enumerate(offs) if e > s and s < b and e > a]
+            else:
+                pos = []
+            pos = pos or [len(enc["input_ids"]) - 1]
+            grabbed: list[torch.Tensor] = []
+            module = model.site(f"blocks.{layer}.hook_resid_post").hf_module(model.hf)
+            handle = module.register_forward_hook(lambda m, a, o, g=grabbed: g.append(first_tensor(o)))
+            try:
+                with torch.no_grad():
+                    model.hf(torch.tensor([enc["input_ids"]], device=model.device))
+            finally:
+                handle.remove()
+            feat = grabbed[0][0, pos].mean(0, keepdim=True).cpu()
+            scores.append(1.0 - float(probe.prob(feat)[0]))
+        return scores
+
+    verify.__name__ = "critique_probe"
+    return verify
+
+
 # ---- figures -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScalingComparison:
@@ -470,9 +509,10 @@ def scaling_study(
     seed: int = 0,
     n: int = 8,
     rounds: int = 2,
-    budget: int = 40,
+    budget: int = 64,
     alpha: float = 0.1,
     units: str = "resid",
+    probe: Any = None,
     progress: bool = True,
 ) -> ScalingComparison:
     """Parallel (majority over N) and sequential ("Wait" rounds) scaling on held-out synthetic problems for
@@ -495,7 +535,8 @@ def scaling_study(
     par, seq = {}, {}
     for name, ivs in conditions.items():
         say(f"      {name}: {n} samples x {n_problems} problems, then {rounds} 'Wait' rounds", flush=True)
-        par[name] = parallel(model, problems, n=n, seed=seed, interventions=ivs)
+        verifier = probe_verifier(model, probe, layer) if probe is not None else None
+        par[name] = parallel(model, problems, n=n, seed=seed, interventions=ivs, verifier=verifier)
         seq[name] = wait_stacking(model, problems, rounds=rounds, budget=budget, interventions=ivs)
     settings = dict(
         model=model.name,

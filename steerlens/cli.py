@@ -145,6 +145,11 @@ def _tts(args: argparse.Namespace) -> int:
         )
     layer = args.layer if args.layer is not None else int(read_json(metrics)["probe"]["chosen_layer"])
     model = load(args.model)
+    probe = None
+    if (crit / "critique_probe.safetensors").exists():  # best-of-N with the critique probe as verifier
+        from steerlens.probes.linear import Logistic
+
+        probe = Logistic.load(crit / "critique_probe.safetensors")[0]
     comp = scaling_study(
         model,
         SteeringVector.load(vec_path, model=model),
@@ -155,6 +160,7 @@ def _tts(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         alpha=args.alpha,
         seed=args.seed,
+        probe=probe,
     )
     print(f"wrote {args.out}/tts.json and tts_curves.html ({len(comp.parallel)} conditions)")
     return 0

@@ -99,3 +99,29 @@ def test_parallel_steered_runs(smol, smol_vec, problems):
         interventions=[Intervention(vec, alpha=0.1, units="resid", positions="generated")],
     )
     assert again.answers == res.answers  # seeded
+
+
+def test_probe_verifier_matches_the_probe_on_collected_activations(smol, tmp_path):
+    import torch
+    from steerlens.probes.linear import Logistic, fit_logistic
+    from steerlens.steering.tts import probe_verifier
+
+    import steerlens
+
+    g = torch.Generator().manual_seed(0)
+    probe = fit_logistic(torch.randn(40, smol.cfg.d_model, generator=g), [0, 1] * 20)
+    path = probe.save(tmp_path / "probe.safetensors", layer=29)
+    loaded, meta = Logistic.load(path)
+    assert meta == {"layer": 29} and torch.equal(loaded.w, probe.w)
+    p = arithmetic_problems(1, seed=3)[0]
+    sols = ["Step 1: 2 + 3 = 5\nAnswer: 5", "no answer here"]
+    got = probe_verifier(smol, loaded, 29)(p, sols)
+    # reference: resid_post of the last layer (before the final norm) through steerlens.collect
+    head = f"Question: {p.question}\n"
+    ex = steerlens.Example.from_segments([(None, head + "Step 1: 2 + 3 = 5\nAnswer:"), ("answer", " 5")])
+    store = steerlens.collect(
+        smol, [ex], "blocks.29.hook_resid_post", "span:answer", path=tmp_path / "s", progress=False
+    )
+    ref = 1 - float(loaded.prob(store.pooled("blocks.29.hook_resid_post")))
+    assert abs(got[0] - ref) < 1e-4
+    assert 0.0 <= got[1] <= 1.0
