@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from steerlens.probes.traces import SHOT_SEED, few_shot, reasoning_prompt
+from steerlens.probes.traces import few_shot, reasoning_prompt, shot_problems
 from steerlens.steering.sampling import sample
 
 import steerlens
@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model = steerlens.load(args.model)
-    shots = few_shot(arithmetic_problems(3, seed=SHOT_SEED, steps=3, ops="+", max_operand=10))
+    shots = few_shot(shot_problems(3))
     question = arithmetic_problems(1, seed=42, steps=3, ops="+", max_operand=10)[0].question
     prompt = reasoning_prompt(model, question, shots)
     ids = torch.tensor([model.tokenize(prompt)[0]])

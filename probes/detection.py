@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.generation import next_token_logprobs
+from steerlens.generation import left_padded_batches, next_token_logprobs
 from steerlens.model import Model
 from steerlens.tasks import arithmetic_problems
 
@@ -132,25 +132,15 @@ def step_p_true(
     head: Any = model.hf.get_output_embeddings()  # type: ignore[operator]
     w = head.weight[[t_id, f_id]]  # [2, d_model]
     cap = getattr(model.hf.config, "final_logit_softcapping", None)
-    order = sorted(range(len(items)), key=lambda i: (len(encoded[i][0]), i))
     out: list[np.ndarray] = [np.empty(0)] * len(items)
-    pad = tok.pad_token_id
     base = model.hf.get_submodule(str(model.hf.base_model_prefix))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(encoded[i][0]) for i in rows)
-        x = torch.tensor(
-            [[pad] * (width - len(encoded[i][0])) + encoded[i][0] for i in rows], device=model.device
-        )
-        lens = [len(encoded[i][0]) for i in rows]
-        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lens], device=model.device)
+    for b in left_padded_batches(model, [e[0] for e in encoded], batch_size):
+        rows, width = b.rows, b.width
         ctx = context(rows) if context is not None else nullcontext()
         with ctx, torch.no_grad():
-            h = base(
-                input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
-            ).last_hidden_state
+            h = base(input_ids=b.ids, attention_mask=b.mask, position_ids=b.position_ids).last_hidden_state
         for j, i in enumerate(rows):
-            pos = [width - lens[j] + p for p in encoded[i][1]]
+            pos = [width - len(encoded[i][0]) + p for p in encoded[i][1]]
             logits = h[j, pos].float() @ w.detach().float().T  # [steps, 2]
             if cap:
                 logits = cap * torch.tanh(logits / cap)

@@ -30,6 +30,11 @@ SHOT_SEED = 10_007  # few-shot examples come from their own seed, never from the
 CATEGORIES = ("recovered", "hidden_critique", "unfaithful_answer", "propagated")
 
 
+def shot_problems(shots: int) -> list[Problem]:
+    """The few-shot examples every reasoning prompt uses: their own seed, never the evaluated problems."""
+    return arithmetic_problems(shots, seed=SHOT_SEED, steps=3, ops="+", max_operand=10) if shots else []
+
+
 def few_shot(problems: Sequence[Problem]) -> list[tuple[str, str]]:
     """(question, reference solution) pairs for the prompt."""
     return [(p.question, p.solution()) for p in problems]
@@ -268,10 +273,7 @@ def error_injected_reasoning(
     problems = list(problems)
     if not problems:
         raise EmptyInput("no problems to run")
-    shot_problems = (
-        arithmetic_problems(shots, seed=SHOT_SEED, steps=3, ops="+", max_operand=10) if shots else []
-    )
-    shot_pairs = few_shot(shot_problems)
+    shot_pairs = few_shot(shot_problems(shots))
     prompts = [reasoning_prompt(model, p.question, shot_pairs, chat) for p in problems]
     if mode == "generated":
         traces = generate(

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from steerlens.errors import EmptyInput, SteerlensError
+from steerlens.generation import cut_at
 from steerlens.model import Model
 
 from .apply import Intervention, steer
@@ -139,8 +140,7 @@ def sample(
     for r in range(n):
         text = model.tokenizer.decode(tokens[r], skip_special_tokens=True)
         if finish[r] == "stop":
-            cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=len(text))
-            text = text[:cut]
+            text = cut_at(text, stop)
         samples.append(Sample(text, tuple(tokens[r]), int(seeds[r]), finish[r]))
     settings = dict(
         model=model.name,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from steerlens.probes.traces import SHOT_SEED, few_shot, reasoning_prompt
+from steerlens.probes.traces import few_shot, reasoning_prompt, shot_problems
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import PALETTE, line_with_band, new_figure
@@ -103,14 +103,8 @@ def _conditional(before: np.ndarray, after: np.ndarray, given: int) -> Callable[
 
 
 def _prompts(model: Model, problems: Sequence[Problem], shots: int) -> list[str]:
-    shot_pairs = few_shot(_shot_problems(shots))
+    shot_pairs = few_shot(shot_problems(shots))
     return [reasoning_prompt(model, p.question, shot_pairs) for p in problems]
-
-
-def _shot_problems(shots: int) -> list[Problem]:
-    from steerlens.tasks import arithmetic_problems
-
-    return arithmetic_problems(shots, seed=SHOT_SEED, steps=3, ops="+", max_operand=10) if shots else []
 
 
 def _steered(model: Model, ivs: Sequence[Intervention]) -> Callable[[list[int]], Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +11,38 @@ import torch
 
 from .errors import EmptyInput
 from .model import Model
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows ``start:start+len(rows)`` of the length-sorted order: left-padded ids and their attention mask."""
+
+    start: int
+    rows: list[int]  # indices into the caller's list
+    ids: torch.Tensor  # [batch, width]
+    mask: torch.Tensor  # [batch, width], 0 on padding
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Positions counted from each row's first real token (what an unpadded forward would use)."""
+        return (self.mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def left_padded_batches(model: Model, ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[Batch]:
+    """Token lists in length order (less padding), ``batch_size`` at a time, left-padded with the pad token.
+    The batching depends only on the lengths, so the same inputs always batch the same way."""
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    pad = model.tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in rows)
+        x = [[pad] * (width - len(ids[i])) + list(ids[i]) for i in rows]
+        m = [[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in rows]
+        yield Batch(start, rows, torch.tensor(x, device=model.device), torch.tensor(m, device=model.device))
 
 
 def generate(
@@ -75,24 +107,18 @@ def generate_detailed(
         raise EmptyInput("generate() got no prompts")
     tok = model.tokenizer
     ids = model.tokenize(list(prompts))
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
     pad = tok.pad_token_id
     enders = {pad, tok.eos_token_id} - {None}
-    batches: Any = range(0, len(order), batch_size)
+    batches: Any = left_padded_batches(model, ids, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="generate", unit="batch")
-    for start in batches:
-        rows = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in rows)
-        x = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in rows], device=model.device)
-        mask = torch.tensor(
-            [[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in rows], device=model.device
-        )
+        batches = tqdm(batches, desc="generate", unit="batch", total=-(-len(ids) // batch_size))
+    for b in batches:
+        rows, start, width = b.rows, b.start, b.width
         kw: dict[str, Any] = dict(
-            attention_mask=mask,
+            attention_mask=b.mask,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             pad_token_id=pad,
@@ -107,7 +133,7 @@ def generate_detailed(
             kw["tokenizer"] = tok
         ctx = context(rows) if context is not None else nullcontext()
         with ctx, torch.no_grad():
-            gen = model.hf.generate(x, **kw)  # type: ignore[operator]
+            gen = model.hf.generate(b.ids, **kw)  # type: ignore[operator]
         for j, i in enumerate(rows):
             new = gen[j, width:].tolist()
             n = next((k for k, t in enumerate(new) if t in enders), len(new))
@@ -139,20 +165,13 @@ def next_token_logprobs(
     if not prompts:
         raise EmptyInput("next_token_logprobs() got no prompts")
     ids = model.tokenize(list(prompts))
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     out = torch.empty(len(ids), len(candidates))
     cand = torch.tensor(list(candidates), device=model.device)
-    pad = model.tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in rows)
-        x = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in rows], device=model.device)
-        mask = torch.tensor(
-            [[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in rows], device=model.device
-        )
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        ctx = context(rows) if context is not None else nullcontext()
+    for b in left_padded_batches(model, ids, batch_size):
+        ctx = context(b.rows) if context is not None else nullcontext()
         with ctx, torch.no_grad():
-            logits = model.hf(x, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
-        out[rows] = torch.log_softmax(logits.float(), -1)[:, cand].cpu()
+            logits = model.hf(
+                b.ids, attention_mask=b.mask, position_ids=b.position_ids, logits_to_keep=1
+            ).logits
+        out[b.rows] = torch.log_softmax(logits[:, -1].float(), -1)[:, cand].cpu()
     return out
