@@ -5,7 +5,14 @@ STAMP  := $(VENV)/.steerlens-installed
 
 .PHONY: install demo test lint bench
 
+# Static figure export (kaleido) drives a Chromium; kaleido cannot download one offline, so take Debian's.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+APT    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
 $(STAMP): pyproject.toml requirements/constraints.txt Makefile
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 \
+	  || ( command -v apt-get >/dev/null 2>&1 && $(APT) update -q && $(APT) install -y -q --no-install-recommends chromium ) \
+	  || echo "warning: no Chromium installed; .png/.svg/.pdf figure export will fail (set BROWSER_PATH or run kaleido_get_chrome)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0          # the CPU wheel on this machine; an unpinned torch pulls CUDA
