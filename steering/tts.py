@@ -145,6 +145,7 @@ def _sequential(
     interventions: Sequence[Intervention],
     per_round: Sequence[Sequence[Intervention]] | None,
     batch_size: int,
+    min_tokens: int,
 ) -> SequentialResult:
     problems = list(problems)
     if not problems:
@@ -165,6 +166,7 @@ def _sequential(
             batch_size=batch_size,
             stop=stop,
             context=_steered(model, ivs),
+            min_tokens=min(min_tokens, budget) if k > 0 else 0,
         )
         texts = [s + g.text for s, g in zip(starts, gens, strict=True)]
         answers = _read_answers(model, texts, ivs, batch_size)
@@ -185,9 +187,13 @@ def wait_stacking(
     interventions: Sequence[Intervention] = (),
     per_round: Sequence[Sequence[Intervention]] | None = None,
     batch_size: int = 16,
+    min_tokens: int = 16,
 ) -> SequentialResult:
     """Round 0 thinks until the end-of-thinking marker; each of ``rounds`` further rounds strips it, appends
-    ``cue`` and thinks on. Every round's answer is read by forcing the marker; ``budget`` tokens per round."""
+    ``cue`` and thinks on. Every round's answer is read by forcing the marker; ``budget`` tokens per round.
+
+    Budget forcing: in rounds after the first, the end markers (EOS, "Answer:", a blank line) are ignored for
+    ``min_tokens`` tokens; otherwise a small model closes the round at once and no answer can change."""
     if rounds < 0 or budget < 1:
         raise SteerlensError(f"need rounds >= 0 and budget >= 1 (got {rounds}, {budget})")
     res = _sequential(
@@ -200,12 +206,14 @@ def wait_stacking(
         interventions=interventions,
         per_round=per_round,
         batch_size=batch_size,
+        min_tokens=min_tokens,
     )
     settings = dict(
         loop="wait_stacking",
         model=model.name,
         rounds=rounds,
         budget=budget,
+        min_tokens=min_tokens,
         cue=cue,
         shots=shots,
         steered=bool(interventions or per_round),
@@ -224,6 +232,7 @@ def iterative_deepening(
     shots: int = 3,
     interventions: Sequence[Intervention] = (),
     batch_size: int = 16,
+    min_tokens: int = 8,
 ) -> SequentialResult:
     """Think for ``first_budget`` tokens, insert a self-correction cue, think for ``growth`` times as long,
     and so on for ``steps`` intervals; the answer is read at the end of every interval."""
@@ -238,11 +247,13 @@ def iterative_deepening(
         interventions=interventions,
         per_round=None,
         batch_size=batch_size,
+        min_tokens=min_tokens,
     )
     settings = dict(
         loop="iterative_deepening",
         model=model.name,
         budgets=budgets,
+        min_tokens=min_tokens,
         cue=cue,
         shots=shots,
         steered=bool(interventions),
@@ -273,6 +284,10 @@ class ParallelResult:
     def accuracy(self, n: int, how: str = "majority", n_boot: int = 1000, seed: int = 0) -> Estimate:
         ok = np.array([grade(self.pick(i, n, how), t) for i, t in enumerate(self.truths)], dtype=float)
         return bootstrap(lambda i: float(ok[i].mean()), len(ok), n_boot=n_boot, seed=seed)
+
+    def aggregations(self) -> list[str]:
+        """The ways these samples can be aggregated: majority, plus best-of-N and weighted with scores."""
+        return ["majority", "best", "weighted"] if self.scores is not None else ["majority"]
 
     def curve(
         self, how: str = "majority", ns: Sequence[int] | None = None, n_boot: int = 1000
@@ -429,15 +444,10 @@ class ScalingComparison:
     def to_dict(self, n_boot: int = 1000) -> dict[str, Any]:
         out: dict[str, Any] = {"settings": self.settings, "parallel": {}, "sequential": {}}
         for name, pr in self.parallel.items():
-            out["parallel"][name] = [
-                {
-                    "n": n,
-                    "tokens": t,
-                    "majority": e.to_dict(),
-                    **({"best_of_n": pr.accuracy(n, "best", n_boot).to_dict()} if pr.scores else {}),
-                }
-                for n, t, e in pr.curve("majority", n_boot=n_boot)
-            ]
+            out["parallel"][name] = {
+                how: [{**e.to_dict(), "samples": n, "tokens": t} for n, t, e in pr.curve(how, n_boot=n_boot)]
+                for how in pr.aggregations()
+            }
         for name, sr in self.sequential.items():
             out["sequential"][name] = {
                 "accuracy": [e.to_dict() for e in sr.accuracy(n_boot)],
@@ -447,49 +457,66 @@ class ScalingComparison:
         return out
 
     def figure(self) -> Any:
+        """Three panels sharing the accuracy axis: vs N (majority solid, best-of-N dashed, weighted dotted),
+        vs 'Wait' rounds, and vs generated tokens per problem (parallel circles, sequential squares)."""
         from plotly.subplots import make_subplots
 
         base = new_figure(f"Test-time scaling ({self.settings.get('model')})", "", "")
         fig = make_subplots(
             rows=1,
-            cols=2,
-            subplot_titles=("parallel: majority vote over N samples", "sequential: 'Wait' rounds"),
+            cols=3,
+            shared_yaxes=True,
+            subplot_titles=("parallel: N samples", "sequential: 'Wait' rounds", "accuracy vs compute"),
         )
-        fig.update_layout(template=base.layout.template, title=base.layout.title, width=1000)
+        fig.update_layout(template=base.layout.template, title=base.layout.title, width=1200, height=440)
         colours = {
             name: PALETTE[k % len(PALETTE)]
             for k, name in enumerate(dict.fromkeys([*self.parallel, *self.sequential]))
         }
-        for name, pr in self.parallel.items():
-            pts = pr.curve("majority")
+        dashes = {"majority": None, "best": "dash", "weighted": "dot"}
+
+        def add(name: str, label: str, xs: list[float], est: list[Estimate], col: int, **style: Any) -> None:
             sub = line_with_band(
                 new_figure("", "", ""),
-                [n for n, _, _ in pts],
-                [e.value for *_, e in pts],
-                [e.lo for *_, e in pts],
-                [e.hi for *_, e in pts],
-                name,
+                xs,
+                [e.value for e in est],
+                [e.lo for e in est],
+                [e.hi for e in est],
+                label,
                 colours[name],
+                dash=style.get("dash"),
             )
             for tr in sub.data:
-                fig.add_trace(tr, row=1, col=1)
+                tr.legendgroup = name
+                tr.showlegend = bool(style.get("legend")) and tr.showlegend is not False
+                if style.get("symbol") and tr.mode:
+                    tr.marker.symbol = style["symbol"]
+                fig.add_trace(tr, row=1, col=col)
+
+        for name, pr in self.parallel.items():
+            for how in pr.aggregations():
+                pts = pr.curve(how)
+                label = name if how == "majority" else f"{name}, {how}"
+                add(
+                    name,
+                    label,
+                    [n for n, _, _ in pts],
+                    [e for *_, e in pts],
+                    1,
+                    dash=dashes[how],
+                    legend=True,
+                )
+            pts = pr.curve("majority")
+            add(name, name, [t for _, t, _ in pts], [e for *_, e in pts], 3, symbol="circle")
         for name, sr in self.sequential.items():
             acc = sr.accuracy()
-            sub = line_with_band(
-                new_figure("", "", ""),
-                list(range(len(acc))),
-                [e.value for e in acc],
-                [e.lo for e in acc],
-                [e.hi for e in acc],
-                name,
-                colours[name],
-            )
-            for tr in sub.data:
-                tr.showlegend = False
-                fig.add_trace(tr, row=1, col=2)
+            add(name, name, list(range(len(acc))), acc, 2)
+            add(name, name, sr.tokens().mean(0).tolist(), acc, 3, symbol="square", dash="dash")
         fig.update_xaxes(title_text="samples N", type="log", dtick=np.log10(2), row=1, col=1)
-        fig.update_xaxes(title_text="rounds of 'Wait'", row=1, col=2)
-        fig.update_yaxes(title_text="accuracy", range=[0, 1])
+        fig.update_xaxes(title_text="rounds of 'Wait'", dtick=1, row=1, col=2)
+        fig.update_xaxes(title_text="generated tokens per problem", type="log", row=1, col=3)
+        fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=1)
+        fig.update_yaxes(range=[0, 1])
         return fig
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .errors import EmptyInput
+from .errors import EmptyInput, SteerlensError
 from .model import Model
 
 
@@ -101,10 +102,19 @@ def generate_detailed(
     seed: int = 0,
     context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
     progress: bool = False,
+    min_tokens: int = 0,
 ) -> list[Generated]:
-    """``generate`` with the token count of each continuation and whether its budget ran out."""
+    """``generate`` with the token count of each continuation and whether its budget ran out.
+
+    ``min_tokens > 0`` is budget forcing: for the first ``min_tokens`` tokens EOS is banned and stop strings
+    are ignored (only occurrences that start after them end the text), so a continuation cannot end at once.
+    """
     if not prompts:
         raise EmptyInput("generate() got no prompts")
+    if min_tokens < 0 or min_tokens > max_new_tokens:
+        raise SteerlensError(
+            f"min_tokens={min_tokens} must lie in [0, max_new_tokens={max_new_tokens}]; lower it or raise the budget"
+        )
     tok = model.tokenizer
     ids = model.tokenize(list(prompts))
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
@@ -128,7 +138,11 @@ def generate_detailed(
             kw["top_k"] = 0
             kw["top_p"] = 1.0
             torch.manual_seed(seed + start)
-        if stop:
+        if min_tokens:
+            kw["min_new_tokens"] = min_tokens
+            if stop:
+                kw["stopping_criteria"] = StoppingCriteriaList([_StopAfter(tok, stop, width, min_tokens)])
+        elif stop:
             kw["stop_strings"] = list(stop)
             kw["tokenizer"] = tok
         ctx = context(rows) if context is not None else nullcontext()
@@ -138,9 +152,24 @@ def generate_detailed(
             new = gen[j, width:].tolist()
             n = next((k for k, t in enumerate(new) if t in enders), len(new))
             text = tok.decode(new[:n], skip_special_tokens=True)
-            cut = cut_at(text, stop)
+            head = len(tok.decode(new[: min(min_tokens, n)], skip_special_tokens=True))
+            cut = text[:head] + cut_at(text[head:], stop)
             out[i] = Generated(cut, n, n >= max_new_tokens and len(cut) == len(text))
     return out
+
+
+class _StopAfter(StoppingCriteria):
+    """Stop a row once a stop string appears in its text generated after the first ``skip`` tokens."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], width: int, skip: int):
+        self.tok, self.stop, self.start = tokenizer, list(stop), width + skip
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if input_ids.shape[1] > self.start:
+            for j, text in enumerate(self.tok.batch_decode(input_ids[:, self.start :])):
+                done[j] = any(s in text for s in self.stop)
+        return done
 
 
 def cut_at(text: str, stop: Sequence[str]) -> str:

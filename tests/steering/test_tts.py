@@ -7,6 +7,7 @@ from steerlens.steering.tts import (
     WAIT,
     ParallelResult,
     Round,
+    ScalingComparison,
     SequentialResult,
     aggregate,
     iterative_deepening,
@@ -44,6 +45,17 @@ def test_parallel_result_accuracy_vs_n():
     assert res.accuracy(4, "best").value == 1.0
     assert [n for n, _, _ in res.curve()] == [1, 2, 4]
     assert res.curve()[-1][1] == 30.0  # mean tokens per problem at N = 4
+    assert res.aggregations() == ["majority", "best", "weighted"]
+
+    seq = SequentialResult(("a", "b"), tuple((Round("", "7", True, 3, False),) * 2 for _ in "ab"))
+    comp = ScalingComparison({"unsteered": res}, {"unsteered": seq}, {"model": "m"})
+    d = comp.to_dict(n_boot=50)
+    assert [p["samples"] for p in d["parallel"]["unsteered"]["best"]] == [1, 2, 4]
+    assert d["sequential"]["unsteered"]["tokens"] == [3.0, 6.0]  # cumulative per round
+    fig = comp.figure()
+    named = [t.name for t in fig.data if t.showlegend]
+    assert named == ["unsteered", "unsteered, best", "unsteered, weighted"]  # one legend entry per curve
+    assert {t.xaxis for t in fig.data} == {"x", "x2", "x3"}  # vs N, vs rounds, vs tokens
 
 
 def test_transition_metrics_by_hand():
@@ -71,6 +83,26 @@ def test_wait_stacking_rounds_and_budgets(smol, problems):
         assert all(r.tokens <= 12 for r in rs)
         assert all(r.tokens == 12 for r in rs if r.forced)  # forced closes only when the budget ran out
     assert res.settings["cue"] == WAIT
+
+
+def test_budget_forcing_ignores_stops_for_min_tokens(smol):
+    from steerlens.generation import generate_detailed
+
+    prompt = "Question: What is 2 + 3?\nStep 1: 2 + 3 = 5\n"
+    free = generate_detailed(smol, [prompt], max_new_tokens=20, stop=["\n"])[0]
+    forced = generate_detailed(smol, [prompt], max_new_tokens=20, stop=["\n"], min_tokens=6)[0]
+    assert "\n" not in free.text
+    assert 6 <= forced.tokens <= 20
+    head = len(smol.tokenizer.decode(smol.tokenizer(prompt + forced.text)["input_ids"][-forced.tokens :][:6]))
+    assert "\n" not in forced.text[head:]  # stops count only after the forced tokens
+    with pytest.raises(SteerlensError, match="min_tokens"):
+        generate_detailed(smol, [prompt], max_new_tokens=4, min_tokens=5)
+
+
+def test_wait_rounds_think_at_least_min_tokens(smol, problems):
+    res = wait_stacking(smol, problems[:3], rounds=1, budget=24, min_tokens=10, batch_size=3)
+    assert all(rs[1].tokens >= 10 for rs in res.rounds)  # no round closes at once after the cue
+    assert res.settings["min_tokens"] == 10
 
 
 def test_iterative_deepening_budgets_grow(smol, problems):
