@@ -166,6 +166,30 @@ def _tts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _personality(args: argparse.Namespace) -> int:
+    from steerlens.steering.personality import load_multiple_choice, personality_study
+
+    from . import load
+
+    t0 = time.perf_counter()
+    study = personality_study(
+        load(args.model),
+        args.out,
+        traits=args.traits.split(","),
+        alphas=[float(a) for a in args.alphas.split(",")],
+        method=args.method,
+        layer=args.layer,
+        seed=args.seed,
+        mc_items=load_multiple_choice(args.mc) if args.mc else None,
+        with_stability=not args.no_stability,
+    )
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s (steering layer {study.vectors.layer})")
+    for t, row in study.summary().items():
+        e = row["steering_slope"]
+        print(f"  {t:18s} slope {e['value']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]  {row['verdict']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .registry import DEFAULT_MODEL
 
@@ -212,6 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=0.1, help="in residual-norm units")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_tts)
+    p = sub.add_parser(
+        "personality", help="Big Five trait vectors, questionnaire dose-response, leakage, prompting baseline"
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--out", default="runs/personality")
+    p.add_argument("--traits", default="openness,conscientiousness,extraversion,agreeableness,neuroticism")
+    p.add_argument("--alphas", default="-0.5,-0.25,0,0.25,0.5", help="in residual-norm units")
+    p.add_argument("--method", choices=["mean", "pca", "probe"], default="mean")
+    p.add_argument(
+        "--layer", type=int, default=None, help="default: best held-out separability, middle layers"
+    )
+    p.add_argument("--mc", default=None, help="multiple-choice JSONL for the side-effect check")
+    p.add_argument(
+        "--no-stability", action="store_true", help="skip the method / split / pair stability runs"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_personality)
     args = parser.parse_args(argv)
     import torch
 

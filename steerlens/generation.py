@@ -204,3 +204,40 @@ def next_token_logprobs(
             ).logits
         out[b.rows] = torch.log_softmax(logits[:, -1].float(), -1)[:, cand].cpu()
     return out
+
+
+def continuation_logprobs(
+    model: Model,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 16,
+    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced ``(sum log-prob, every token the argmax)`` of each continuation after its prompt: the
+    second is what greedy decoding would produce, at the cost of one forward pass."""
+    if len(prompts) != len(continuations) or not prompts:
+        raise EmptyInput(
+            f"need equal, non-empty prompts and continuations ({len(prompts)}, {len(continuations)})"
+        )
+    full = model.tokenize([p + c for p, c in zip(prompts, continuations, strict=True)])
+    heads = model.tokenize(list(prompts))
+    for k, (f, h) in enumerate(zip(full, heads, strict=True)):
+        if f[: len(h)] != h or len(f) == len(h):
+            raise SteerlensError(
+                f"continuation {k} ({continuations[k]!r}) does not start on a token boundary after its prompt; "
+                "begin it with a space or end the prompt with one"
+            )
+    total, greedy = torch.zeros(len(full)), torch.zeros(len(full), dtype=torch.bool)
+    for b in left_padded_batches(model, full, batch_size):
+        ctx = context(b.rows) if context is not None else nullcontext()
+        with ctx, torch.no_grad():
+            logits = model.hf(b.ids, attention_mask=b.mask, position_ids=b.position_ids).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], -1)
+        for j, i in enumerate(b.rows):
+            n, k = len(full[i]), len(heads[i])
+            pos = torch.arange(b.width - n + k - 1, b.width - 1)  # positions predicting the continuation
+            target = b.ids[j, pos + 1]
+            total[i] = lp[j, pos, target].sum().cpu()
+            greedy[i] = bool((lp[j, pos].argmax(-1) == target).all())
+    return total, greedy
