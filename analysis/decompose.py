@@ -1,0 +1,275 @@
+"""Runs split into per-head residual contributions, with every norm after a head frozen at its clean scale.
+
+A head's output reaches the logits through norms whose scale depends on the whole residual (Gemma 3 adds a
+post-attention RMSNorm on top of the final norm). Freezing each norm's per-position scale from the clean run
+makes the map from head outputs to logits linear, so per-head contributions add up exactly; the additivity is
+checked, never assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from steerlens.errors import SteerlensError
+
+
+class LinearisationError(SteerlensError):
+    """A norm or model that the frozen-scale linearisation cannot handle, or a decomposition that does not add up."""
+
+
+def lens_of(model: Any) -> Any:
+    """The HookedTransformer view of ``model``; refuses TransformerBridge views (they lack per-head weights)."""
+    lens = getattr(model, "lens", model)
+    if not all(hasattr(lens, a) for a in ("blocks", "W_O", "W_U", "ln_final", "run_with_cache")):
+        raise LinearisationError(
+            f"model {getattr(model, 'name', model)!r} has a {type(lens).__name__} lens; copy-suppression analyses "
+            "need a HookedTransformer view with per-head weights (W_Q, W_K, W_V, W_O). Load a model TransformerLens "
+            "supports natively, e.g. steerlens.load('gemma-3-270m') or steerlens.load('gpt2')"
+        )
+    return lens
+
+
+@dataclass(frozen=True)
+class FrozenNorm:
+    """A norm with its scale frozen: ``x -> centre(x) / scale * w + b``, linear in ``x`` apart from ``b``.
+
+    ``scale`` broadcasts against ``x[..., :1]``; ``w``/``b`` are ``None`` where the norm has no weight/bias.
+    """
+
+    scale: Tensor | float
+    w: Tensor | None
+    b: Tensor | None
+    centre: bool
+
+    def linear(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        if self.centre:
+            x = x - x.mean(-1, keepdim=True)
+        x = x / self.scale
+        return x * self.w if self.w is not None else x
+
+    def __call__(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        y = self.linear(x)
+        return y + self.b if self.b is not None else y
+
+    def read_direction(self, u: Float[Tensor, "d_model n"]) -> Float[Tensor, "d_model n"]:
+        """Directions ``g`` with ``linear(x) @ u == x @ g / scale``: what a residual vector must align with to
+        move the read-outs ``u`` (unembedding columns, say)."""
+        g = u * self.w[:, None] if self.w is not None else u
+        return g - g.mean(0, keepdim=True) if self.centre else g
+
+
+def frozen_norm(module: Any, scale: Tensor | float = 1.0) -> FrozenNorm:
+    """Freeze a TransformerLens norm module at ``scale`` (1.0 gives the direction-only map used by weight tests)."""
+    kind = type(module).__name__
+    if kind not in ("RMSNorm", "RMSNormPre", "LayerNorm", "LayerNormPre"):
+        raise LinearisationError(
+            f"norm module {kind!r} has no frozen-scale linearisation; expected RMSNorm, RMSNormPre, LayerNorm or "
+            "LayerNormPre. Load the model with a TransformerLens config using one of these norms"
+        )
+    w = getattr(module, "w", None)
+    b = getattr(module, "b", None)
+    return FrozenNorm(
+        scale=scale,
+        w=w.detach() if w is not None else None,
+        b=b.detach() if b is not None else None,
+        centre=kind.startswith("LayerNorm"),
+    )
+
+
+def post_attn_norm(lens: Any, layer: int) -> Any | None:
+    """The norm applied to the attention block's output before the residual add, or None (GPT-2 style)."""
+    if getattr(lens.cfg, "use_normalization_before_and_after", False):
+        return lens.blocks[layer].ln1_post
+    return None
+
+
+@dataclass
+class Run:
+    """One forward pass with what a decomposition needs. Shapes: L layers, B batch, P positions, H heads."""
+
+    tokens: Int[Tensor, "batch pos"]
+    z: Float[Tensor, "layer batch pos head d_head"]
+    pattern: Float[Tensor, "layer batch head qpos kpos"]
+    attn_out: Float[Tensor, "layer batch pos d_model"]
+    resid_pre: Float[Tensor, "layer batch pos d_model"]
+    resid_final: Float[Tensor, "batch pos d_model"]
+    post_scale: Float[Tensor, "layer batch pos 1"] | None
+    final: FrozenNorm
+
+    @property
+    def n_layers(self) -> int:
+        return self.z.shape[0]
+
+
+def run_decomposed(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+    *,
+    check: bool = True,
+) -> Run:
+    """Run ``tokens`` (with optional TransformerLens hooks, e.g. a resample ablation) and keep the pieces.
+
+    ``check`` verifies additivity of every layer's per-head contributions (raises ``LinearisationError``).
+    """
+    lens = lens_of(model)
+    n = lens.cfg.n_layers
+    post = post_attn_norm(lens, 0) is not None
+    keep = ("attn.hook_z", "attn.hook_pattern", "hook_attn_out", "hook_resid_pre", "ln1_post.hook_scale")
+
+    def wanted(name: str) -> bool:
+        return name.endswith(keep) or name in (f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_scale")
+
+    with lens.hooks(fwd_hooks=list(fwd_hooks)):
+        _, cache = lens.run_with_cache(tokens, return_type=None, names_filter=wanted)
+
+    def stack(site: str) -> Tensor:
+        return torch.stack([cache[f"blocks.{l}.{site}"] for l in range(n)])
+
+    if "ln_final.hook_scale" in cache:
+        final = frozen_norm(lens.ln_final, cache["ln_final.hook_scale"])
+    elif getattr(lens.cfg, "normalization_type", None) is None:
+        final = FrozenNorm(scale=1.0, w=None, b=None, centre=False)
+    else:
+        raise LinearisationError(
+            f"no ln_final.hook_scale was recorded for {type(lens.ln_final).__name__}; the final-norm scale cannot "
+            "be frozen. Use a model whose final norm is RMSNorm or LayerNorm"
+        )
+    run = Run(
+        tokens=tokens,
+        z=stack("attn.hook_z"),
+        pattern=stack("attn.hook_pattern"),
+        attn_out=stack("hook_attn_out"),
+        resid_pre=stack("hook_resid_pre"),
+        resid_final=cache[f"blocks.{n - 1}.hook_resid_post"],
+        post_scale=stack("ln1_post.hook_scale") if post else None,
+        final=final,
+    )
+    if check:
+        check_additivity(model, run)
+    return run
+
+
+def post_norm(model: Any, run: Run, layer: int) -> FrozenNorm | None:
+    """The post-attention norm of ``layer`` frozen at the run's scale, or None when the model has none."""
+    lens = lens_of(model)
+    module = post_attn_norm(lens, layer)
+    if module is None:
+        return None
+    assert run.post_scale is not None
+    return frozen_norm(module, run.post_scale[layer])
+
+
+def head_results(
+    model: Any, run: Run, layer: int, heads: Sequence[int] | None = None
+) -> Float[Tensor, "batch pos head d_model"]:
+    """Each head's contribution to the residual stream (after the frozen post-attention norm, if any)."""
+    lens = lens_of(model)
+    hs = list(range(lens.cfg.n_heads)) if heads is None else list(heads)
+    r = torch.einsum("bphd,hdm->bphm", run.z[layer][:, :, hs], lens.blocks[layer].attn.W_O[hs])
+    norm = post_norm(model, run, layer)
+    if norm is None:
+        return r
+    scale = norm.scale[:, :, None] if isinstance(norm.scale, Tensor) else norm.scale
+    return FrozenNorm(scale, norm.w, None, norm.centre).linear(r)
+
+
+def attn_bias(model: Any, run: Run, layer: int) -> Float[Tensor, "batch pos d_model"]:
+    """The part of the attention block's output that no head owns (``b_O`` and any post-norm bias)."""
+    lens = lens_of(model)
+    b_O = lens.blocks[layer].attn.b_O.expand_as(run.attn_out[layer])
+    norm = post_norm(model, run, layer)
+    return b_O if norm is None else norm(b_O)
+
+
+def check_additivity(model: Any, run: Run, rtol: float = 1e-4) -> float:
+    """Check sum(heads) + bias == attention output into the residual at every layer; return the worst error."""
+    worst = 0.0
+    for l in range(run.n_layers):
+        total = head_results(model, run, l).sum(2) + attn_bias(model, run, l)
+        err = float((total - run.attn_out[l]).norm() / run.attn_out[l].norm().clamp_min(1e-12))
+        worst = max(worst, err)
+        if err > rtol:
+            raise LinearisationError(
+                f"layer {l}: per-head contributions plus bias differ from hook_attn_out by {err:.2e} (relative), "
+                f"expected <= {rtol:.0e}. The frozen-scale linearisation does not hold for this model's "
+                "attention output; run in float32 and make sure no hook edits the attention block, or use "
+                "total-effect (path-patching) ablations instead of direct effects"
+            )
+    return worst
+
+
+# ---- logits under the frozen final norm -------------------------------------------------------------------
+
+
+def unembed(model: Any, normed: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
+    """Logits of final-normed residuals, with the model's soft-cap when it has one."""
+    lens = lens_of(model)
+    logits = normed @ lens.W_U + lens.b_U
+    cap = float(getattr(lens.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def flat_final(run: Run, mask: Tensor) -> FrozenNorm:
+    """The run's frozen final norm restricted to the positions where ``mask`` (batch pos) is true."""
+    f = run.final
+    scale = f.scale[mask] if isinstance(f.scale, Tensor) else f.scale
+    return FrozenNorm(scale, f.w, f.b, f.centre)
+
+
+@dataclass(frozen=True)
+class LogitStats:
+    """Per-position loss, entropy and KL(clean || variant) for each variant of the final residual."""
+
+    loss_clean: Float[Tensor, " n"]
+    entropy_clean: Float[Tensor, " n"]
+    loss: dict[str, Float[Tensor, " n"]]
+    entropy: dict[str, Float[Tensor, " n"]]
+    kl: dict[str, Float[Tensor, " n"]]
+
+
+def logit_stats(
+    model: Any,
+    resid: Float[Tensor, "n d_model"],
+    final: FrozenNorm,
+    targets: Int[Tensor, " n"],
+    deltas: dict[str, Float[Tensor, "n d_model"]],
+    chunk: int = 64,
+) -> LogitStats:
+    """Loss/entropy/KL of ``resid + delta`` for each named delta, final-norm scale frozen, chunked over rows
+    so only ``chunk x d_vocab`` logits exist at once."""
+    n = resid.shape[0]
+    out: dict[str, dict[str, list[Tensor]]] = {k: {"loss": [], "ent": [], "kl": []} for k in deltas}
+    lc, ec = [], []
+    for i in range(0, n, chunk):
+        sl = slice(i, i + chunk)
+        fz = FrozenNorm(
+            final.scale[sl] if isinstance(final.scale, Tensor) else final.scale,
+            final.w,
+            final.b,
+            final.centre,
+        )
+        lp = unembed(model, fz(resid[sl])).log_softmax(-1)
+        p = lp.exp()
+        t = targets[sl]
+        lc.append(-lp.gather(-1, t[:, None])[:, 0])
+        ec.append(-(p * lp).sum(-1))
+        for k, d in deltas.items():
+            lq = unembed(model, fz(resid[sl] + d[sl])).log_softmax(-1)
+            out[k]["loss"].append(-lq.gather(-1, t[:, None])[:, 0])
+            out[k]["ent"].append(-(lq.exp() * lq).sum(-1))
+            out[k]["kl"].append((p * (lp - lq)).sum(-1).clamp_min(0.0))
+    cat = torch.cat
+    return LogitStats(
+        loss_clean=cat(lc),
+        entropy_clean=cat(ec),
+        loss={k: cat(v["loss"]) for k, v in out.items()},
+        entropy={k: cat(v["ent"]) for k, v in out.items()},
+        kl={k: cat(v["kl"]) for k, v in out.items()},
+    )
