@@ -10,62 +10,13 @@ from pathlib import Path
 
 from .errors import SteerlensError
 
-DEMO_PROMPTS = [
-    "When Mary and John went to the store, John gave a drink to",
-    "The Eiffel Tower is located in the city of",
-    "12+7=",
-    "The opposite of hot is",
-]
-
 
 def _demo(args: argparse.Namespace) -> int:
-    """Smoke run of the core: load, predict, collect activations, write a run directory."""
-    import torch
+    """The main job: the whole story on the embedded models, one run directory and one HTML report."""
+    from steerlens.analysis.demo import run_demo
 
-    from . import collect, load
-    from .files import write_json
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    print(f"[1/3] loading {args.model}", flush=True)
-    model = load(args.model)
-    print(f"      {model}", flush=True)
-    print("[2/3] next-token predictions", flush=True)
-    predictions = []
-    for prompt in DEMO_PROMPTS:
-        probs = model.logits(prompt)[-1].softmax(-1)
-        top = probs.topk(3)
-        toks = [model.tokenizer.decode(int(i)) for i in top.indices]
-        predictions.append(
-            {"prompt": prompt, "top3": toks, "probs": [round(float(p), 4) for p in top.values]}
-        )
-        print(f"      {prompt!r} -> {toks[0]!r} (p={float(top.values[0]):.3f})", flush=True)
-    print("[3/3] collecting resid_post at every layer (last token)", flush=True)
-    store = collect(
-        model,
-        DEMO_PROMPTS,
-        "blocks.*.hook_resid_post",
-        positions="last",
-        path=out / "activations",
-        overwrite=True,
-        progress=False,
-    )
-    norms = [float(store[s].norm(dim=-1).mean()) for s in store.sites]
-    with torch.no_grad():
-        layer_of_max = int(torch.tensor(norms).argmax())
-    summary = {
-        "model": model.name,
-        "config": model.cfg.__dict__,
-        "predictions": predictions,
-        "resid_post_mean_norm_by_layer": norms,
-        "layer_with_largest_norm": layer_of_max,
-        "activation_store": str(store.path),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    write_json(out / "summary.json", summary)
-    print(f"wrote {out / 'summary.json'} and {store.path} in {summary['seconds']} s", flush=True)
-    return 0
+    _, sections = run_demo(args.out, model=args.model, copy_model=args.copy_model, quick=args.quick)
+    return 1 if any(s.error for s in sections) else 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -195,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="steerlens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the main job on an embedded model (no network)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p = sub.add_parser("demo", help="the main job: every analysis on the embedded models, one HTML report")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="critique, scaling and personality")
+    p.add_argument("--copy-model", default=DEFAULT_MODEL, help="copy-suppression analysis")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in a few minutes")
     p.set_defaults(func=_demo)
     p = sub.add_parser("prepare", help="dequantize and cache embedded models")
     p.add_argument("models", nargs="*")

@@ -1,0 +1,240 @@
+"""``steerlens demo``: the whole story on the embedded models, offline, into one run directory and report.
+
+Steps: error-injected reasoning and the 2x2 table -> probes and the critique vector -> error detection vs
+alpha with a random control -> test-time scaling steered vs unsteered -> personality dose-response and
+leakage -> copy-suppression head report. A failing step is reported (in the console, the report and the exit
+code) and the rest still run; nothing already written is lost.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steerlens.files import write_json
+
+from .report import Section, write_report
+
+
+@dataclass(frozen=True)
+class DemoSizes:
+    """How much each step does; ``quick`` is for tests and smoke runs, the default fits 30 min on 2 cores."""
+
+    critique_n: int = 120
+    detect_n: int = 60
+    calibrate_n: int = 40
+    alphas: tuple[float, ...] = (-0.2, -0.1, 0.0, 0.1, 0.2)
+    tts_problems: int = 12
+    tts_samples: int = 8
+    tts_rounds: int = 2
+    personality_alphas: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5)
+    personality_traits: tuple[str, ...] = (
+        "openness",
+        "conscientiousness",
+        "extraversion",
+        "agreeableness",
+        "neuroticism",
+    )
+    personality_stability: bool = False
+    copy_quick: bool = False
+
+
+QUICK = DemoSizes(
+    critique_n=24,
+    detect_n=12,
+    calibrate_n=8,
+    alphas=(-0.2, 0.0, 0.2),
+    tts_problems=3,
+    tts_samples=2,
+    tts_rounds=1,
+    personality_alphas=(-0.5, 0.0, 0.5),
+    personality_traits=("conscientiousness", "extraversion"),
+    copy_quick=True,
+)
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    *,
+    model: str = "smollm2-135m-instruct",
+    copy_model: str = "gemma-3-270m",
+    quick: bool = False,
+    formats: tuple[str, ...] = ("html", "png"),
+) -> tuple[Path, list[Section]]:
+    """Run every step, write figures (HTML + PNG), metrics JSON and ``report.html`` under ``out``."""
+    import steerlens
+
+    sizes = QUICK if quick else DemoSizes()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    sections: list[Section] = []
+    steps = 6
+    state: dict[str, Any] = {}
+
+    def step(k: int, title: str, sid: str, fn: Callable[[Section], None]) -> None:
+        print(f"[{k}/{steps}] {title}  (elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
+        sec = Section(sid, title)
+        t = time.perf_counter()
+        try:
+            fn(sec)
+        except Exception as e:  # report, keep going: the other steps are independent
+            sec.error = f"{type(e).__name__}: {e}"
+            print(f"      FAILED: {sec.error}", flush=True)
+            (out / f"{sid}.error.txt").write_text(traceback.format_exc())
+        sec.numbers["seconds"] = round(time.perf_counter() - t, 1)
+        if sec.figures:
+            from steerlens.figures import save_figures
+
+            save_figures(sec.figures, out / "figures", formats=formats)
+        sections.append(sec)
+
+    lm = steerlens.load(model)
+
+    def critique(sec: Section) -> None:
+        from steerlens.steering.critique import critique_study
+
+        study = critique_study(
+            lm,
+            out / "critique",
+            n=sizes.critique_n,
+            n_detect=sizes.detect_n,
+            n_calibrate=sizes.calibrate_n,
+            alphas=sizes.alphas,
+        )
+        state["critique"] = study
+        s = study.summary()
+        inj = s["injection"]
+        sec.text = (
+            f"{inj['n_problems']} synthetic 3-step addition problems; the model's own chain of thought had one "
+            "intermediate result replaced by a wrong value, and generation continued from there. The 2x2 table "
+            "crosses whether the rest of the reasoning was right with whether the final answer was."
+        )
+        sec.numbers.update(
+            {
+                "clean accuracy (no injection)": inj["clean_accuracy"],
+                **{f"2x2: {k}": v for k, v in inj["table_all"]["fractions"].items()},
+            }
+        )
+        sec.figures["injection_table"] = study.run.figure()
+        sec.examples = [
+            f"Question: {r.question}\n--- clean trace ---\n{r.trace}\n--- after injecting "
+            f"{r.injection.wrong if r.injection else '?'} ---\n{r.prefix}{r.continuation}\n[{r.category}]"
+            for r in study.run.injected[:3]
+        ]
+
+    def probes(sec: Section) -> None:
+        study = state["critique"]
+        p = study.summary()["probe"]
+        sec.text = (
+            "Linear probes per layer separate corrupted from clean traces at the final-answer tokens; the "
+            "layer is chosen on a validation split and scored on a held-out test split, beside a shuffled-label "
+            "control. The critique vector is the difference of means at that layer."
+        )
+        sec.numbers.update(
+            {
+                "chosen layer": p["chosen_layer"],
+                "test AUROC at chosen layer": p["test_auroc_at_chosen_layer"],
+                "95% CI": p["test_auroc_ci"],
+                "shuffled-label AUROC": p["shuffled_label_auroc_at_chosen_layer"],
+            }
+        )
+        sec.figures["probe_layers"] = study.critique.sweep.figure()
+
+    def detection(sec: Section) -> None:
+        study = state["critique"]
+        sec.text = study.detection.verdict()
+        sec.numbers["verdict"] = study.detection.verdict()
+        sec.figures["detection_vs_alpha"] = study.detection.figure()
+
+    def tts(sec: Section) -> None:
+        from steerlens.steering.tts import scaling_study
+
+        study = state["critique"]
+        comp = scaling_study(
+            lm,
+            study.critique.vector,
+            study.critique.layer,
+            out / "tts",
+            n_problems=sizes.tts_problems,
+            n=sizes.tts_samples,
+            rounds=sizes.tts_rounds,
+            probe=study.critique.probe,
+        )
+        d = comp.to_dict(n_boot=500)
+        sec.text = (
+            "Parallel sampling (majority vote, best-of-N by the critique probe, weighted voting) and sequential "
+            "'Wait' rounds with budget forcing, unsteered vs critique-steered vs a random direction of equal "
+            "norm, on held-out problems."
+        )
+        for name, curves in d["parallel"].items():
+            last = curves["majority"][-1]
+            sec.numbers[f"majority@{last['samples']} {name}"] = last
+        for name, seq in d["sequential"].items():
+            sec.numbers[f"after {len(seq['accuracy']) - 1} 'Wait' rounds, {name}"] = seq["accuracy"][-1]
+        sec.figures["tts_curves"] = comp.figure()
+
+    def personality(sec: Section) -> None:
+        from steerlens.steering.personality import personality_study
+
+        st = personality_study(
+            lm,
+            None,
+            traits=sizes.personality_traits,
+            alphas=sizes.personality_alphas,
+            with_stability=sizes.personality_stability,
+        )
+        st.save(out / "personality", formats=())
+        summ = st.summary()
+        sec.text = (
+            f"Trait vectors at layer {st.vectors.layer} (best held-out separability among middle layers), "
+            "steered with per-row alphas; trait expression is read from a Likert questionnaire's answer "
+            "logits, with a random-direction control, purification and the prompting baseline."
+        )
+        sec.tables.append(
+            (
+                "Own-trait slope (score per alpha unit), verdict and prompting shift",
+                [
+                    {
+                        "trait": t,
+                        "steering slope": r["steering_slope"],
+                        "random control slope": r["random_control_slope"],
+                        "prompting shift": r["prompting_shift"],
+                        "arithmetic accuracy change": r["arithmetic_accuracy_delta"],
+                        "verdict": r["verdict"],
+                    }
+                    for t, r in summ.items()
+                ],
+            )
+        )
+        sec.figures.update(st.figures())
+
+    def copy_suppression(sec: Section) -> None:
+        from .copy_suppression import demo_section
+
+        demo_section(steerlens.load(copy_model), out / "copy_suppression", sec, quick=sizes.copy_quick)
+
+    step(1, "Error-injected reasoning and the 2x2 table", "injection", critique)
+    step(2, "Probes and the critique vector", "probes", probes)
+    step(3, "Error detection vs alpha, with controls", "detection", detection)
+    step(4, "Test-time scaling, steered vs unsteered", "tts", tts)
+    step(5, "Personality: dose-response, leakage, prompting baseline", "personality", personality)
+    step(6, "Copy suppression: negative heads", "copy_suppression", copy_suppression)
+    settings = {
+        "model": model,
+        "copy-suppression model": copy_model,
+        "sizes": "quick" if quick else "default",
+        **{k: str(v) for k, v in sizes.__dict__.items()},
+        "total seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(out / "demo.json", {"settings": settings, "sections": {s.id: s.numbers for s in sections}})
+    path = write_report(sections, out / "report.html", "steerlens demo report", settings)
+    failed = [s.id for s in sections if s.error]
+    print(
+        f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f"; FAILED steps: {failed}" if failed else "")
+    )
+    return path, sections
