@@ -35,7 +35,9 @@ def test_self_attention_effective_embedding_is_layer0_output_of_a_lone_token(gem
     self-attention effective embedding must equal the model's own layer-0 output for that token."""
     ids = sample.tensor()[:5]
     ee = effective_embedding(gemma, ids, "self_attn")
-    _, cache = gemma.lens.run_with_cache(ids[:, None], return_type=None, names_filter="blocks.0.hook_resid_post")
+    _, cache = gemma.lens.run_with_cache(
+        ids[:, None], return_type=None, names_filter="blocks.0.hook_resid_post"
+    )
     torch.testing.assert_close(ee.vectors, cache["blocks.0.hook_resid_post"][:, 0], rtol=1e-4, atol=1e-3)
     mlp0 = effective_embedding(gemma, ids, "mlp0")
     assert mlp0.variant == "mlp0" and not torch.allclose(mlp0.vectors, ee.vectors)
@@ -55,7 +57,9 @@ def test_ov_ranks_match_a_dense_computation(gemma, sample):
     diag = logits.diagonal()
     assert res.ranks_suppression.tolist() == (logits < diag[:, None]).sum(1).tolist()
     assert res.ranks_copying.tolist() == (logits > diag[:, None]).sum(1).tolist()
-    assert res.suppression.top1 == pytest.approx(float((logits.argmin(1) == torch.arange(len(ids))).float().mean()))
+    assert res.suppression.top1 == pytest.approx(
+        float((logits.argmin(1) == torch.arange(len(ids))).float().mean())
+    )
     assert res.settings["variant"] == "self_attn" and res.settings["rank_over"] == "sample"
 
 

@@ -1,0 +1,87 @@
+"""Negative-head detection on gemma-3-270m: a planted copy-suppression head is found first and the model is
+restored afterwards; IOI prompts, anti-induction and self-repair give the real model's numbers; the report
+runs end to end and writes its files."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from steerlens.analysis import (
+    add_copy_suppression_parser,
+    anti_induction,
+    copy_suppression_report,
+    find_negative_heads,
+    ioi_prompts,
+    ov_ranks,
+    planted_suppression_head,
+    self_repair,
+    token_set,
+)
+from steerlens.analysis.ioi import NAMES, TEMPLATES, single_token_words
+
+
+def test_planted_suppression_head_is_ranked_first_and_removed_cleanly(gemma):
+    sample = token_set(gemma, 250, seed=11)  # <= d_head tokens: the least-squares OV fit is exact
+    attn = gemma.lens.blocks[14].attn
+    before = attn.W_O.data.clone()
+    probe = torch.tensor([gemma.tokenize("The stone bridge and the iron bridge")[0]])
+    logits_before = gemma.lens(probe)
+    with planted_suppression_head(gemma, 14, 2, sample):
+        ov = ov_ranks(gemma, 14, 2, sample)
+        assert ov.suppression.top1 >= 0.9 and ov.copying.top10 == 0.0
+        neg = find_negative_heads(gemma, methods=("ov",), token_sample=sample)
+        assert neg.top(1) == [(14, 2)]
+        assert not torch.equal(attn.W_O.data, before)
+    assert torch.equal(attn.W_O.data, before)
+    assert torch.equal(gemma.lens(probe), logits_before)
+    assert ov_ranks(gemma, 14, 2, sample).suppression.top1 < 0.5  # the real head is no suppressor
+
+
+def test_ioi_prompts_are_seeded_single_token_and_solved_by_the_model(gemma):
+    batches = ioi_prompts(gemma, 10, seed=2)
+    assert [b.texts for b in batches] == [b.texts for b in ioi_prompts(gemma, 10, seed=2)]
+    assert sum(len(b.texts) for b in batches) == 10
+    assert single_token_words(gemma.tokenizer, NAMES) == list(NAMES)
+    b = batches[0]
+    assert b.tokens.shape == b.abc_tokens.shape and (b.io != b.s).all()
+    assert b.texts[0].startswith("When") and b.texts[0].endswith("to")
+    last = gemma.lens(b.tokens)[:, -1]
+    assert ((last.gather(-1, b.io[:, None]) - last.gather(-1, b.s[:, None])) > 0).float().mean() >= 0.5
+
+
+def test_anti_induction_and_self_repair_on_gemma(gemma):
+    ai = anti_induction(gemma, n=2, length=12)
+    assert ai.induction_attention.shape == (gemma.cfg.n_layers, gemma.cfg.n_heads)
+    assert ai.induction_attention.max() > 0.3  # gemma-3-270m has induction heads
+    batches = ioi_prompts(gemma, 6, seed=0, templates=TEMPLATES[:2])
+    sr = self_repair(gemma, batches, n_name_movers=2)
+    assert sr.logit_diff_clean > 0
+    for l, h in sr.name_movers:
+        assert sr.clean[l, h] > 0 and sr.share[l, h] == 0.0
+    assert sr.logit_diff_ablated < sr.logit_diff_clean
+    assert sr.figure().data
+
+
+@pytest.mark.slow
+def test_report_end_to_end_writes_metrics_and_figures(gemma, tmp_path):
+    report = copy_suppression_report(
+        gemma, n_tokens=200, vocab_tokens=10, n_sequences=3, seq_len=24, max_positions=8, n_ioi=4
+    )
+    path = report.save(tmp_path)
+    data = json.loads(path.read_text())
+    s = data["summary"]
+    assert s["head"] == "L{}H{}".format(*report.head) and report.head == report.negative_heads.top(1)[0]
+    assert 0.0 <= s["ov_suppression"]["top10"] <= 1.0 and s["additivity_error"] < 1e-4
+    assert data["settings"]["n_tokens"] == 200 and set(data["negative_heads"]["scores"]) == {
+        "copy_dla",
+        "ioi",
+        "ov",
+        "entropy",
+    }
+    for name in report.figures():
+        assert (tmp_path / f"{name}.html").exists()
+    parser = argparse.ArgumentParser()
+    add_copy_suppression_parser(parser.add_subparsers())
+    args = parser.parse_args(["copy-suppression", "--model", "gpt2", "--head", "L10H7", "--out", "x"])
+    assert args.model == "gpt2" and args.head == "L10H7" and callable(args.func)
