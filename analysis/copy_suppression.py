@@ -269,3 +269,44 @@ def copy_suppression_main(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path} and figures in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
+
+
+QUICK_SETTINGS: dict[str, Any] = {
+    "n_tokens": 300,
+    "vocab_tokens": 20,
+    "n_sequences": 4,
+    "seq_len": 32,
+    "max_positions": 16,
+    "n_ioi": 8,
+}
+
+
+def demo_section(model: Any, out: str | Path, sec: Any, *, quick: bool = False) -> CopySuppressionReport:
+    """Fill a demo report ``Section`` (numbers, figures, a table of negative heads) and save the report under
+    ``out``; ``quick`` uses small sizes for smoke runs."""
+    report = copy_suppression_report(model, **(QUICK_SETTINGS if quick else {}))
+    report.save(out)
+    s = report.summary()
+    l, h = report.head
+    sec.text = (
+        f"Head L{l}H{h} tops find_negative_heads ({', '.join(s['negative_heads_top5'])}). OV ranks count how "
+        "highly a source token ranks among the most negative logits of its own OV output (top-10 is the "
+        "paper's headline measure); CSPA effect explained = 1 - KL(clean||CSPA)/KL(clean||mean ablation) on the "
+        "head's direct effect with the final-norm scale frozen. For GPT-2 Small the paper's head is L10H7."
+    )
+    sec.numbers.update(
+        {
+            "head": s["head"],
+            "OV suppression top-1": s["ov_suppression"]["top1"],
+            "OV suppression top-10": s["ov_suppression"]["top10"],
+            "OV suppression top-10 (over the vocabulary)": s["ov_suppression_over_vocab"]["top10"],
+            "QK top-10 (unembedding query, effective key)": s["qk_unembedding_query_effective_key"]["top10"],
+            "CSPA effect explained": s["cspa_effect_explained"],
+            "IOI self-repair (logits)": s["ioi_self_repair"],
+            "seconds": sum(report.seconds.values()),
+        }
+    )
+    sec.figures.update(report.figures())
+    df = report.negative_heads.to_frame().head(8).reset_index()
+    sec.tables.append(("Top negative heads (rank 0 = most negative)", df.round(4).to_dict("records")))
+    return report
