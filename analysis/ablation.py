@@ -7,6 +7,7 @@ the final-norm scale stays at its clean value, so the logits move linearly with 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +93,11 @@ def direct_effects(
     max_positions: int | None = 192,
     seed: int = 0,
     run: Run | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
 ) -> DirectEffects:
     """Loss, KL and entropy effect of mean-ablating each head's direct path, on up to ``max_positions``
-    seeded destination positions (each costs one full-vocabulary softmax per head)."""
+    seeded destination positions (each costs one full-vocabulary softmax per head). ``heads`` limits the
+    work to those heads (the others are NaN)."""
     lens = lens_of(model)
     run = run or run_decomposed(model, tokens)
     mask = _subsample(destination_mask(tokens), max_positions, seed)
@@ -104,10 +107,11 @@ def direct_effects(
         c = head_results(model, run, l)  # [B, P, H, d]
         delta = c.mean(0, keepdim=True) - c
         for h in range(lens.cfg.n_heads):
-            deltas[f"{l}.{h}"] = delta[:, :, h][mask]
+            if heads is None or (l, h) in heads:
+                deltas[f"{l}.{h}"] = delta[:, :, h][mask]
     stats = logit_stats(model, run.resid_final[mask], _final_at(run, mask), targets, deltas)
     shape = (lens.cfg.n_layers, lens.cfg.n_heads)
-    loss, kl, ent = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    loss, kl, ent = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     for key in deltas:
         l, h = map(int, key.split("."))
         loss[l, h] = float((stats.loss[key] - stats.loss_clean).mean())

@@ -155,8 +155,10 @@ def copy_suppression_report(
     additivity = check_additivity(model, run)
     ioi = ioi_prompts(model, n_ioi, seed=seed)
     stage("forward pass on the corpus")
+    direct = direct_effects(model, text, max_positions=max_positions, seed=seed, run=run)
+    stage("direct effects of every head")
     neg = find_negative_heads(
-        model, tokens=text, ioi=ioi, scan=scan, run=run, max_positions=max_positions, seed=seed
+        model, tokens=text, ioi=ioi, scan=scan, run=run, direct=direct, max_positions=max_positions, seed=seed
     )
     stage("find_negative_heads")
     layer, h = head if head is not None else neg.top(1)[0]
@@ -168,8 +170,6 @@ def copy_suppression_report(
     )
     qk = qk_grid(model, layer, h, sample, embedding=emb)
     stage("OV ranks and QK grid of the head")
-    direct = direct_effects(model, text, max_positions=max_positions, seed=seed, run=run)
-    stage("direct effects")
     cs = cspa(model, layer, h, text, run=run)
     stage("CSPA")
     anti = anti_induction(model, seed=seed)

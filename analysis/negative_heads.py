@@ -19,7 +19,7 @@ from torch import Tensor
 from steerlens.errors import SteerlensError
 from steerlens.figures import GREY, PALETTE, new_figure
 
-from .ablation import direct_effects
+from .ablation import DirectEffects, direct_effects
 from .circuits import (
     HeadScan,
     TokenSet,
@@ -166,6 +166,7 @@ def find_negative_heads(
     token_sample: TokenSet | None = None,
     scan: HeadScan | None = None,
     run: Run | None = None,
+    direct: DirectEffects | None = None,
     max_positions: int | None = 96,
     seed: int = 0,
 ) -> NegativeHeads:
@@ -215,7 +216,7 @@ def find_negative_heads(
         settings["ov_token_set"] = scan.settings
     if "entropy" in methods:
         assert tokens is not None
-        de = direct_effects(model, tokens, max_positions=max_positions, seed=seed, run=run)
+        de = direct or direct_effects(model, tokens, max_positions=max_positions, seed=seed, run=run)
         scores["entropy"] = de.entropy
         ranks["entropy"] = _rank(-de.entropy)
         settings["entropy"] = de.settings
@@ -347,21 +348,23 @@ class SelfRepair(Saveable):
                 x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color=GREY, dash="dot"), showlegend=False
             )
         )
+        marked = {(int(l), int(h)) for l, h in highlight}
+        hl = pd.Series([(int(l), int(h)) in marked for l, h in zip(df["layer"], df["head"], strict=True)])
         groups = [
-            ("name movers", df.name_mover, PALETTE[1]),
-            ("highlighted", df.apply(lambda r: (r.layer, r.head) in set(highlight), axis=1), PALETTE[3]),
+            ("name movers", df["name_mover"], PALETTE[1]),
+            ("highlighted", hl & ~df["name_mover"], PALETTE[3]),
         ]
         rest = ~(groups[0][1] | groups[1][1])
         for label, sel, colour in [("other heads", rest, PALETTE[0]), *groups]:
             d = df[sel]
             fig.add_trace(
                 go.Scatter(
-                    x=d.clean,
-                    y=d.ablated,
+                    x=d["clean"],
+                    y=d["ablated"],
                     mode="markers",
                     name=label,
                     marker=dict(color=colour, size=8),
-                    text=[f"L{int(l)}H{int(h)}" for l, h in zip(d.layer, d.head, strict=True)],
+                    text=[f"L{int(l)}H{int(h)}" for l, h in zip(d["layer"], d["head"], strict=True)],
                 )
             )
         return fig
@@ -432,8 +435,8 @@ def self_repair(
 def planted_suppression_head(
     model: Any, layer: int, head: int, tokens: TokenSet, *, variant: str = "self_attn", gain: float = 1.0
 ) -> Iterator[None]:
-    """Temporarily rewrite one head's W_O so its OV circuit maps each token's effective embedding to minus
-    that token's (final-norm weighted) unembedding direction: a known copy-suppression head.
+    """Temporarily rewrite one head's W_O so its OV circuit maps each token's effective embedding to a vector
+    that lowers that token's logit and no other sampled token's: a known copy-suppression head.
 
     W_O is fitted by least squares through the head's existing W_V (shared by the key-value group, so left
     alone); with at most d_head tokens the fit is exact. ``gain`` scales W_O relative to the original's norm.
@@ -447,7 +450,9 @@ def planted_suppression_head(
     post = getattr(lens.blocks[layer], "ln1_post", None)
     if post is not None and getattr(lens.cfg, "use_normalization_before_and_after", False):
         g = g * post.w.detach()[:, None]
-    target = -(g / g.norm(dim=0, keepdim=True)).T  # [n, d_model]
+    target = -torch.linalg.pinv(
+        g
+    )  # [n, d_model]: target_i . g_j = -delta_ij, each token suppresses itself only
     W = torch.linalg.pinv(v) @ target
     original = attn.W_O.data[head].clone()
     W = W * (gain * original.norm() / W.norm())
