@@ -25,6 +25,7 @@ from .personality_data import ITEMS, TRAITS
 SCALE = (
     "1 = very inaccurate, 2 = moderately inaccurate, 3 = neither, 4 = moderately accurate, 5 = very accurate"
 )
+PREFILL = "Rating: "  # the answer's first words, so the next token is the digit (small chat models else chat)
 QUESTION = (
     'Statement: "{item}"\nHow accurately does this statement describe you? Reply with one digit ({scale}).'
 )
@@ -44,15 +45,16 @@ def items(traits: Sequence[str] = TRAITS) -> list[Item]:
 
 def item_prompt(model: Model, item: Item, persona: str | None = None) -> str:
     """The question as the model sees it: a chat turn when it has a template (``persona`` as the system
-    message), else plain text ending in "Answer:" (``persona`` as a first line)."""
+    message), else plain text (``persona`` as a first line); either way the answer is begun with
+    ``PREFILL`` so the next token is the rating."""
     q = QUESTION.format(item=item.text, scale=SCALE)
     if getattr(model.tokenizer, "chat_template", None):
         msgs = ([{"role": "system", "content": f"You are {persona}."}] if persona else []) + [
             {"role": "user", "content": q}
         ]
-        return model.chat_prompt(msgs)
+        return model.chat_prompt(msgs) + PREFILL
     head = f"The following answers are from a person who is {persona}.\n\n" if persona else ""
-    return f"{head}{q}\nAnswer:"
+    return f"{head}{q}\n{PREFILL}"
 
 
 def option_ids(tokenizer: Any) -> list[list[int]]:

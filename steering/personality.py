@@ -35,7 +35,7 @@ from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import GREY, PALETTE, line_with_band, new_figure
 from steerlens.inputs import Example
 from steerlens.model import Model
-from steerlens.stats import Estimate, auroc, bootstrap
+from steerlens.stats import Estimate, auroc, bootstrap, mean_ci
 
 from .apply import Intervention, steer
 from .build import AGGREGATORS, vector_from_activations
@@ -59,6 +59,7 @@ class TraitActivations:
     high: Float[Tensor, "pairs layers d_model"]
     low: Float[Tensor, "pairs layers d_model"]
     groups: tuple[str, ...]
+    pairs: tuple[ContrastPair, ...] = ()
 
 
 def trait_activations(
@@ -92,7 +93,9 @@ def trait_activations(
     for t, ps in by_trait.items():
         block = pooled[k : k + 2 * len(ps)]
         k += 2 * len(ps)
-        out[t] = TraitActivations(t, block[0::2].clone(), block[1::2].clone(), tuple(p.group for p in ps))
+        out[t] = TraitActivations(
+            t, block[0::2].clone(), block[1::2].clone(), tuple(p.group for p in ps), tuple(ps)
+        )
     return out
 
 
@@ -106,6 +109,7 @@ class TraitVectors:
     profile_auroc: dict[str, list[float]]
     layer: int
     settings: dict[str, Any] = field(default_factory=dict)
+    profile_dprime: dict[str, list[float]] = field(default_factory=dict)  # held-out d' per layer
 
     def at_layer(self, trait: str) -> SteeringVector:
         return self.vectors[trait].select([self.layer])
@@ -137,30 +141,32 @@ def trait_vectors(
     layer: int | None = None,
     band: tuple[float, float] = (0.25, 0.75),
 ) -> TraitVectors:
-    """Vectors per trait from the training groups; the steering layer is the one with the best mean held-out
-    paired accuracy inside the middle ``band`` of depth (late layers separate well but steer little), unless
-    ``layer`` is given."""
-    vectors, profile, profile_auc = {}, {}, {}
+    """Vectors per trait from the training groups; the steering layer is the one with the largest mean
+    held-out d' (projection separation over its spread; paired accuracy saturates at 1) inside the middle
+    ``band`` of depth (late layers separate well but steer little), unless ``layer`` is given."""
+    vectors, profile, profile_auc, profile_d = {}, {}, {}, {}
     for t, a in acts.items():
         train, test = _split(a, test_fraction, seed)
         vec = _vector(model, a, train, method, seed)
         vectors[t] = vec
-        acc, auc = [], []
+        acc, auc, dprime = [], [], []
         for l in range(a.high.shape[1]):
             u = vec.directions[l].double()
             hi, lo = a.high[test, l].double() @ u, a.low[test, l].double() @ u
             acc.append(float((hi > lo).double().mean()))
             auc.append(auroc(torch.cat([hi, lo]).numpy(), [1] * len(hi) + [0] * len(lo)))
-        profile[t], profile_auc[t] = acc, auc
+            sd = float(torch.sqrt((hi.var() + lo.var()) / 2)) if len(hi) > 1 else 1.0
+            dprime.append(float(hi.mean() - lo.mean()) / max(sd, 1e-12))
+        profile[t], profile_auc[t], profile_d[t] = acc, auc, dprime
     n = model.cfg.n_layers
     if layer is None:
         lo_l, hi_l = int(band[0] * n), max(int(band[0] * n) + 1, math.ceil(band[1] * n))
-        mean = np.mean([profile[t] for t in profile], axis=0)
+        mean = np.mean([profile_d[t] for t in profile_d], axis=0)
         layer = lo_l + int(np.argmax(mean[lo_l:hi_l]))
     elif not 0 <= layer < n:
         raise SteerlensError(f"layer {layer} outside 0..{n - 1} for {model.name}")
     settings = dict(model=model.name, method=method, test_fraction=test_fraction, seed=seed, band=list(band))
-    return TraitVectors(vectors, profile, profile_auc, layer, settings)
+    return TraitVectors(vectors, profile, profile_auc, layer, settings, profile_d)
 
 
 def _split(a: TraitActivations, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -253,6 +259,21 @@ class DoseResponse:
     scores: np.ndarray  # [conditions, alphas, items]
     mass: np.ndarray  # [conditions, alphas, items] probability on the five digits
     settings: dict[str, Any] = field(default_factory=dict)
+    item_reverse: tuple[bool, ...] = ()
+
+    def agreement(self, condition: str, alpha_index: int, n_boot: int = 1000) -> Estimate:
+        """Mean un-keyed agreement (0..1) over all items: a shift here with flat keyed scores is
+        acquiescence (the model agrees more or less with everything), not a trait."""
+        if len(self.item_reverse) != len(self.item_traits):
+            raise SteerlensError(
+                "this DoseResponse was built without item keys; rebuild it with dose_response"
+            )
+        x = self.scores[self.conditions.index(condition), alpha_index]
+        raw = np.where(np.array(self.item_reverse), 1 - x, x)
+        return bootstrap(lambda i: float(raw[i].mean()), len(raw), n_boot=n_boot)
+
+    def moved_traits(self, condition: str) -> list[str]:
+        return [t for t in dict.fromkeys(self.item_traits) if self.moved(condition, t)]
 
     def _cols(self, trait: str) -> np.ndarray:
         cols = np.array([k for k, t in enumerate(self.item_traits) if t == trait])
@@ -299,19 +320,30 @@ class DoseResponse:
                 for c in self.conditions
             },
             "answer_mass": {c: self.mass[k].mean(1).tolist() for k, c in enumerate(self.conditions)},
+            "agreement": {
+                c: [self.agreement(c, k, n_boot).to_dict() for k in range(len(self.alphas))]
+                for c in self.conditions
+            }
+            if self.item_reverse
+            else None,
             "leakage_slopes": {
                 c: {t: e.to_dict() for t, e in row.items()} for c, row in self.leakage(n_boot).items()
             },
         }
 
     def figure(self) -> Any:
-        """One panel per steered condition: every trait's score vs alpha with 95% CIs."""
+        """One panel per steered condition: every trait's score vs alpha with 95% CIs (solid: the steered
+        trait, dotted: the others; grey dashed: un-keyed agreement). Panel titles say which traits moved."""
         from plotly.subplots import make_subplots
 
         traits = list(dict.fromkeys(self.item_traits))
         cols = min(3, len(self.conditions))
         rows = -(-len(self.conditions) // cols)
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"steer {c}" for c in self.conditions])
+        titles = []
+        for c in self.conditions:
+            moved = self.moved_traits(c)
+            titles.append(f"steer {c}: " + (f"moved {', '.join(moved)}" if moved else "no trait moved"))
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles)
         base = new_figure(f"Trait scores under steering ({self.settings.get('model')})", "", "")
         fig.update_layout(
             template=base.layout.template, title=base.layout.title, width=380 * cols, height=300 * rows + 80
@@ -333,6 +365,19 @@ class DoseResponse:
                     tr.legendgroup = t
                     tr.showlegend = ci == 0 and tr.showlegend is not False
                     fig.add_trace(tr, row=ci // cols + 1, col=ci % cols + 1)
+            if self.item_reverse:
+                agree = [self.agreement(c, k, n_boot=300).value for k in range(len(self.alphas))]
+                fig.add_scatter(
+                    x=list(self.alphas),
+                    y=agree,
+                    mode="lines",
+                    line=dict(color=GREY, dash="dash"),
+                    name="agreement (un-keyed)",
+                    legendgroup="agreement",
+                    showlegend=ci == 0,
+                    row=ci // cols + 1,
+                    col=ci % cols + 1,
+                )
         fig.update_yaxes(range=[0, 1])
         fig.update_xaxes(title_text=f"alpha ({self.settings.get('units', 'resid')} units)")
         return fig
@@ -409,7 +454,117 @@ def dose_response(
         np.stack(scores),
         np.stack(mass),
         settings,
+        tuple(it.reverse for it in qitems),
     )
+
+
+# ---- trait expression in text: held-out reactions ---------------------------------------------------
+@dataclass(frozen=True)
+class ReactionPreference:
+    """How much more likely the model finds the high-trait reaction than the low one on HELD-OUT contrast
+    pairs (mean per-token log-prob difference, teacher-forced) while steering: ``values[c]`` is
+    ``[alphas, pairs]``. A behavioural read-out that needs no self-report."""
+
+    conditions: tuple[str, ...]
+    alphas: tuple[float, ...]
+    values: dict[str, np.ndarray]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def curve(self, condition: str, n_boot: int = 1000) -> list[Estimate]:
+        return [mean_ci(row, n_boot=n_boot) for row in self.values[condition]]
+
+    def slope(self, condition: str, n_boot: int = 1000) -> Estimate:
+        x = self.values[condition]
+        a = np.array(self.alphas) - np.mean(self.alphas)
+        return bootstrap(lambda i: float(a @ x[:, i].mean(1) / (a @ a)), x.shape[1], n_boot=n_boot)
+
+    def to_dict(self, n_boot: int = 1000) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "alphas": list(self.alphas),
+            "curves": {c: [e.to_dict() for e in self.curve(c, n_boot)] for c in self.conditions},
+            "slopes": {c: self.slope(c, n_boot).to_dict() for c in self.conditions},
+        }
+
+    def figure(self) -> Any:
+        fig = new_figure(
+            f"Held-out reactions under steering ({self.settings.get('model')})",
+            f"alpha ({self.settings.get('units', 'resid')} units)",
+            "log P(high reaction) - log P(low), per token",
+        )
+        for k, c in enumerate(self.conditions):
+            est = self.curve(c, 300)
+            colour = GREY if c.startswith(RANDOM) else PALETTE[k % len(PALETTE)]
+            line_with_band(
+                fig,
+                list(self.alphas),
+                [e.value for e in est],
+                [e.lo for e in est],
+                [e.hi for e in est],
+                c,
+                colour,
+            )
+        return fig
+
+
+def reaction_preference(
+    model: Model,
+    acts: dict[str, TraitActivations],
+    vectors: dict[str, SteeringVector],
+    alphas: Sequence[float],
+    *,
+    control: SteeringVector | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    max_pairs: int = 16,
+    units: str = "resid",
+    batch_size: int = 32,
+) -> ReactionPreference:
+    """Each trait vector on its own trait's held-out pairs (the split ``trait_vectors`` used), and
+    ``control`` on every trait's pairs, over ``alphas`` in shared per-row-alpha batches."""
+    from steerlens.generation import continuation_logprobs
+
+    def pref(vec: SteeringVector, pairs: list[ContrastPair]) -> np.ndarray:
+        heads = [f"Situation: {p.situation}\nMy reaction:" for p in pairs]
+        conts = [f" {r}" for p in pairs for r in (p.high, p.low)]
+        prompts = [h for h in heads for _ in (0, 1)]
+        n_tok = np.array(
+            [
+                len(a) - len(b)
+                for a, b in zip(
+                    model.tokenize([h + c for h, c in zip(prompts, conts, strict=True)]),
+                    model.tokenize(prompts),
+                    strict=True,
+                )
+            ],
+            dtype=float,
+        )
+        flat_p = prompts * len(alphas)
+        flat_c = conts * len(alphas)
+        row_alpha = [a for a in alphas for _ in prompts]
+        lp, _ = continuation_logprobs(
+            model, flat_p, flat_c, batch_size=batch_size, context=_row_context(model, vec, row_alpha, units)
+        )
+        per_tok = lp.numpy().reshape(len(alphas), len(prompts)) / n_tok
+        return per_tok[:, 0::2] - per_tok[:, 1::2]
+
+    held: dict[str, list[ContrastPair]] = {}
+    for t, a in acts.items():
+        if not a.pairs:
+            raise SteerlensError(
+                f"activations of {t!r} carry no pair texts; collect them with trait_activations"
+            )
+        _, test = _split(a, test_fraction, seed)
+        held[t] = [a.pairs[i] for i in test][:: max(1, len(test) // max_pairs)][:max_pairs]
+    values = {t: pref(vectors[t], held[t]) for t in vectors if t in held}
+    if control is not None:
+        values[RANDOM] = np.concatenate(
+            [pref(control, ps[: max(2, max_pairs // len(held))]) for ps in held.values()], 1
+        )
+    settings = dict(
+        model=model.name, units=units, seed=seed, test_fraction=test_fraction, max_pairs=max_pairs
+    )
+    return ReactionPreference(tuple(values), tuple(alphas), values, settings)
 
 
 # ---- the prompting baseline ---------------------------------------------------------------------------
@@ -742,6 +897,7 @@ class PersonalityStudy:
     prompting: PromptingBaseline
     capability: Capability
     stability: Stability | None
+    reactions: ReactionPreference | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -756,11 +912,13 @@ class PersonalityStudy:
             rand = leak[RANDOM][t] if RANDOM in leak else None
             moved = own.lo > 0 or own.hi < 0
             beyond_random = rand is None or own.value > rand.hi or own.value < rand.lo
+            react = self.reactions.slope(t, 500) if self.reactions and t in self.reactions.values else None
             out[t] = {
                 "steering_slope": own.to_dict(),
                 "random_control_slope": rand.to_dict() if rand else None,
                 "largest_leak": {worst: others[worst].to_dict()} if worst else {},
                 "prompting_shift": self.prompting.shift(t, t, 500).to_dict(),
+                "held_out_reaction_slope": react.to_dict() if react else None,
                 "arithmetic_accuracy_delta": self.capability.delta(t, "accuracy", 500).to_dict(),
                 "verdict": (
                     (
@@ -771,7 +929,7 @@ class PersonalityStudy:
                     + ("" if beyond_random else ", but not beyond the random control")
                 )
                 if moved
-                else "does not move (slope CI includes 0)",
+                else "questionnaire score does not move (slope CI includes 0)",
             }
         return out
 
@@ -883,6 +1041,8 @@ class PersonalityStudy:
         }
         if self.stability is not None:
             figs["personality_stability"] = self.stability.figure()
+        if self.reactions is not None:
+            figs["personality_reactions"] = self.reactions.figure()
         return figs
 
     def to_dict(self) -> dict[str, Any]:
@@ -896,6 +1056,7 @@ class PersonalityStudy:
             "prompting": self.prompting.to_dict(500),
             "capability": self.capability.to_dict(500),
             "stability": self.stability.to_dict() if self.stability else None,
+            "held_out_reactions": self.reactions.to_dict(500) if self.reactions else None,
         }
 
     def save(self, out: str | Path, formats: Sequence[str] = ("html",)) -> Path:
@@ -939,6 +1100,8 @@ def personality_study(
     if "openness" in singles and "conscientiousness" in singles:
         pure["openness⊥conscientiousness"] = purify(singles["openness"], singles["conscientiousness"])
     purified = dose_response(model, pure, alphas, traits=traits)
+    say("      held-out reactions under steering", flush=True)
+    reactions = reaction_preference(model, acts, singles, alphas, control=conds[RANDOM], seed=seed)
     say("      prompting baseline, side effects", flush=True)
     prompting = prompting_baseline(model, traits)
     cap = capability(model, conds, max(alphas, key=abs), seed=seed, mc_items=mc_items)
@@ -949,7 +1112,7 @@ def personality_study(
     settings = dict(
         model=model.name, traits=list(traits), alphas=list(alphas), method=method, layer=tv.layer, seed=seed
     )
-    study = PersonalityStudy(tv, dose, purified, prompting, cap, stab, settings)
+    study = PersonalityStudy(tv, dose, purified, prompting, cap, stab, reactions, settings)
     if out is not None:
         study.save(out)
     return study

@@ -13,6 +13,7 @@ from steerlens.steering.personality import (
     gram_schmidt,
     purify,
     questionnaire_scores,
+    reaction_preference,
     trait_activations,
     trait_vectors,
 )
@@ -85,6 +86,19 @@ def test_alpha_zero_is_unsteered_and_dose_response_shapes(smol, acts):
     assert dr.scores.shape == (2, 3, 16)
     assert np.abs(dr.scores[:, 1] - plain[0]).max() < 1e-4  # per-row alpha 0 rows are the unsteered model
     assert set(dr.leakage(n_boot=50)["random"]) == {"extraversion", "conscientiousness"}
+
+
+def test_held_out_reactions_follow_the_trait_vector(smol, acts):
+    tv = trait_vectors(smol, acts)
+    vecs = {t: tv.at_layer(t) for t in acts}
+    rp = reaction_preference(
+        smol, acts, vecs, (-0.5, 0.0, 0.5), control=vecs["extraversion"].random_like(1), max_pairs=8
+    )
+    for t in acts:  # monotone dose-response on wording the vector never saw
+        lo, mid, hi = rp.curve(t, n_boot=200)
+        assert lo.value < mid.value < hi.value and rp.slope(t, 200).lo > 0
+    assert rp.slope("extraversion", 200).value > rp.slope("random", 200).value
+    assert rp.values["extraversion"].shape == (3, 8)
 
 
 def test_teacher_forced_greedy_flag_matches_generation(smol):
