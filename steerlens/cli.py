@@ -1,4 +1,5 @@
-"""``steerlens`` command line: ``demo`` (the main job), ``prepare``, ``info``, ``collect``, ``critique``."""
+"""``steerlens`` command line: ``demo`` (the main job), ``prepare``, ``info``, ``collect``, ``critique``,
+``tts``, ``personality``, ``copy-suppression``."""
 
 from __future__ import annotations
 
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_personality)
+    from steerlens.analysis.copy_suppression import add_copy_suppression_parser
+
+    add_copy_suppression_parser(sub)
     args = parser.parse_args(argv)
     import torch
 
