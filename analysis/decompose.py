@@ -26,7 +26,10 @@ class LinearisationError(SteerlensError):
 def lens_of(model: Any) -> Any:
     """The HookedTransformer view of ``model``; refuses TransformerBridge views (they lack per-head weights)."""
     lens = getattr(model, "lens", model)
-    if not all(hasattr(lens, a) for a in ("blocks", "W_O", "W_U", "ln_final", "run_with_cache")):
+    # Look the names up without evaluating them: HookedTransformer.W_O is a property that stacks every
+    # layer's W_O (tens of MB), and this check runs on every call of every analysis function.
+    modules = getattr(lens, "_modules", None) or {}
+    if not all(a in modules or hasattr(type(lens), a) for a in ("blocks", "W_O", "W_U", "ln_final", "run_with_cache")):
         raise LinearisationError(
             f"model {getattr(model, 'name', model)!r} has a {type(lens).__name__} lens; copy-suppression analyses "
             "need a HookedTransformer view with per-head weights (W_Q, W_K, W_V, W_O). Load a model TransformerLens "
