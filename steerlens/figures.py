@@ -20,12 +20,27 @@ GREY = "#7f7f7f"
 TEMPLATE = go.layout.Template(
     layout=go.Layout(
         font=dict(family="Helvetica, Arial, sans-serif", size=13, color="#222"),
-        title=dict(font=dict(size=15), x=0.0, xanchor="left", xref="paper"),  # flush with the y axis
+        # flush with the y axis, at the top edge: clear of subplot titles
+        title=dict(font=dict(size=15), x=0.0, xanchor="left", xref="paper", y=0.98, yanchor="top"),
         colorway=PALETTE,
         paper_bgcolor="white",
         plot_bgcolor="white",
-        xaxis=dict(showline=True, linecolor="#444", ticks="outside", gridcolor="#eee", zeroline=False),
-        yaxis=dict(showline=True, linecolor="#444", ticks="outside", gridcolor="#eee", zeroline=False),
+        xaxis=dict(
+            showline=True,
+            linecolor="#444",
+            ticks="outside",
+            gridcolor="#eee",
+            zeroline=False,
+            automargin=True,
+        ),
+        yaxis=dict(
+            showline=True,
+            linecolor="#444",
+            ticks="outside",
+            gridcolor="#eee",
+            zeroline=False,
+            automargin=True,
+        ),
         legend=dict(bgcolor="rgba(255,255,255,0.8)", borderwidth=0),
         margin=dict(l=60, r=20, t=50, b=50),
         width=720,
@@ -64,6 +79,7 @@ def line_with_band(
                 x=list(x) + list(x)[::-1],
                 y=list(hi) + list(lo)[::-1],
                 fill="toself",
+                mode="lines",  # no markers on the band's outline
                 fillcolor=_rgba(colour, 0.18),
                 line=dict(width=0),
                 hoverinfo="skip",
