@@ -174,12 +174,14 @@ def _ov_out_map(lens: Any, layer: int, head: int) -> Float[Tensor, "d_head d_mod
     return frozen_norm(post).linear(W_O) if post is not None else W_O
 
 
+def _final_direction(lens: Any) -> FrozenNorm:
+    """The final norm at scale 1: its weight and centring, which can change a rank (its scale cannot)."""
+    return frozen_norm(lens.ln_final) if lens.cfg.normalization_type else FrozenNorm(1.0, None, None, False)
+
+
 def _read(lens: Any, cols: Int[Tensor, " n"] | slice) -> Float[Tensor, "d_model n"]:
     """Unembedding columns as residual read-directions through the final norm (scale-free)."""
-    fz: FrozenNorm = (
-        frozen_norm(lens.ln_final) if lens.cfg.normalization_type else FrozenNorm(1.0, None, None, False)
-    )
-    return fz.read_direction(lens.W_U[:, cols])
+    return _final_direction(lens).read_direction(lens.W_U[:, cols])
 
 
 @dataclass(frozen=True)
@@ -229,8 +231,8 @@ def _ov_ranks_tensor(
     diagonal logit lies below the row mean."""
     v = src_in @ lens.blocks[layer].attn.W_V[head]  # [n, d_head]
     M = _ov_out_map(lens, layer, head)  # [d_head, d_model]
-    G = _read(lens, ids) if read is None else read
     if rank_over == "sample":
+        G = _read(lens, ids) if read is None else read
         MG = M @ G  # [d_head, n]
         sup, cop, zs = [], [], []
         for i in range(0, len(ids), chunk):
@@ -244,14 +246,21 @@ def _ov_ranks_tensor(
             z_out.append(torch.cat(zs))
         return torch.cat(sup), torch.cat(cop), len(ids)
     if rank_over == "vocab":
+        # The final norm goes on the rows (linear(x) @ W_U == x @ read_direction(W_U)), so each vocabulary
+        # chunk is one [n, d_model] x [d_model, width] product straight from W_U, not a d_head x vocab map.
         V = lens.cfg.d_vocab
-        diag = ((v @ M) * G.T).sum(-1)
+        out = _final_direction(lens).linear(v @ M)  # [n, d_model]
+        diag = (out * lens.W_U[:, ids].T).sum(-1)
         sup_v = torch.zeros(len(ids), dtype=torch.long)
         cop_v = torch.zeros(len(ids), dtype=torch.long)
-        for j in range(0, V, chunk * 16):
-            MG = M @ _read(lens, slice(j, min(j + chunk * 16, V)))
+        width = chunk * 16
+        for j in range(0, V, width):
+            W = lens.W_U[:, j : j + width]
+            own = ((ids >= j) & (ids < j + W.shape[1])).nonzero()[:, 0]  # rows whose own token is here
             for i in range(0, len(ids), chunk):
-                s = v[i : i + chunk] @ MG
+                s = out[i : i + chunk] @ W
+                mine = own[(own >= i) & (own < i + chunk)]
+                s[mine - i, ids[mine] - j] = diag[mine]  # a token never beats itself through rounding
                 sup_v[i : i + chunk] += _count_beyond(s, diag[i : i + chunk], higher=False)
                 cop_v[i : i + chunk] += _count_beyond(s, diag[i : i + chunk], higher=True)
         return sup_v, cop_v, V

@@ -29,7 +29,9 @@ def lens_of(model: Any) -> Any:
     # Look the names up without evaluating them: HookedTransformer.W_O is a property that stacks every
     # layer's W_O (tens of MB), and this check runs on every call of every analysis function.
     modules = getattr(lens, "_modules", None) or {}
-    if not all(a in modules or hasattr(type(lens), a) for a in ("blocks", "W_O", "W_U", "ln_final", "run_with_cache")):
+    if not all(
+        a in modules or hasattr(type(lens), a) for a in ("blocks", "W_O", "W_U", "ln_final", "run_with_cache")
+    ):
         raise LinearisationError(
             f"model {getattr(model, 'name', model)!r} has a {type(lens).__name__} lens; copy-suppression analyses "
             "need a HookedTransformer view with per-head weights (W_Q, W_K, W_V, W_O). Load a model TransformerLens "
@@ -243,31 +245,42 @@ def logit_stats(
     final: FrozenNorm,
     targets: Int[Tensor, " n"],
     deltas: dict[str, Float[Tensor, "n d_model"]],
-    chunk: int = 64,
+    chunk: int = 96,
 ) -> LogitStats:
-    """Loss/entropy/KL of ``resid + delta`` for each named delta, final-norm scale frozen, chunked over rows
-    so only ``chunk x d_vocab`` logits exist at once."""
+    """Loss/entropy/KL of ``resid + delta`` for each named delta, final-norm scale frozen.
+
+    A block of positions is unembedded together with all its variants, about ``chunk`` rows (so about
+    ``chunk x d_vocab`` logits) at a time: a product with few rows is bound by reading W_U (670 MB for gemma),
+    so one product per variant would read it once per head."""
     n = resid.shape[0]
-    out: dict[str, dict[str, list[Tensor]]] = {k: {"loss": [], "ent": [], "kl": []} for k in deltas}
+    names = list(deltas)
+    per = max(1, chunk // (1 + len(names)))  # positions per block
+    out: dict[str, dict[str, list[Tensor]]] = {k: {"loss": [], "ent": [], "kl": []} for k in names}
     lc, ec = [], []
-    for i in range(0, n, chunk):
-        sl = slice(i, i + chunk)
+    for i in range(0, n, per):
+        sl = slice(i, i + per)
         fz = FrozenNorm(
             final.scale[sl] if isinstance(final.scale, Tensor) else final.scale,
             final.w,
             final.b,
             final.centre,
         )
-        lp = unembed(model, fz(resid[sl])).log_softmax(-1)
+        x = torch.stack([resid[sl]] + [resid[sl] + deltas[k][sl] for k in names])  # [1 + K, m, d_model]
+        lps = unembed(model, fz(x)).log_softmax(-1)  # [1 + K, m, d_vocab]
+        lp, lq = lps[0], lps[1:]
         p = lp.exp()
         t = targets[sl]
         lc.append(-lp.gather(-1, t[:, None])[:, 0])
         ec.append(-(p * lp).sum(-1))
-        for k, d in deltas.items():
-            lq = unembed(model, fz(resid[sl] + d[sl])).log_softmax(-1)
-            out[k]["loss"].append(-lq.gather(-1, t[:, None])[:, 0])
-            out[k]["ent"].append(-(lq.exp() * lq).sum(-1))
-            out[k]["kl"].append((p * (lp - lq)).sum(-1).clamp_min(0.0))
+        if not names:
+            continue
+        loss = -lq.gather(-1, t[None, :, None].expand(len(names), -1, 1))[..., 0]  # [K, m]
+        ent = -lq.exp().mul_(lq).sum(-1)  # in place: each temporary is [K, m, d_vocab]
+        kl = (lp - lq).mul_(p).sum(-1).clamp_min(0.0)
+        for r, k in enumerate(names):
+            out[k]["loss"].append(loss[r])
+            out[k]["ent"].append(ent[r])
+            out[k]["kl"].append(kl[r])
     cat = torch.cat
     return LogitStats(
         loss_clean=cat(lc),

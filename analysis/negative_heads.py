@@ -42,16 +42,20 @@ def _centred_unembed(lens: Any, ids: Tensor) -> Float[Tensor, "d_model n"]:
     return lens.W_U[:, ids] - lens.W_U.mean(1, keepdim=True)
 
 
-def head_dla(model: Any, run: Run, layer: int, ids: Tensor) -> Float[Tensor, "batch pos head n"]:
+def head_dla(
+    model: Any, run: Run, layer: int, ids: Tensor, unembed: Float[Tensor, "d_model n"] | None = None
+) -> Float[Tensor, "batch pos head n"]:
     """Direct logit attribution of each head of ``layer`` to tokens ``ids`` (centred over the vocabulary),
-    through the frozen post-attention and final norms."""
+    through the frozen post-attention and final norms. ``unembed``: ``_centred_unembed(lens, ids)`` when the
+    caller loops over layers (the vocabulary mean reads all of W_U, 262,144 x 640 for gemma)."""
     lens = lens_of(model)
     c = head_results(model, run, layer)  # [B, P, H, d]
     f = run.final
     scale = f.scale[:, :, None] if isinstance(f.scale, Tensor) else f.scale
     from .decompose import FrozenNorm
 
-    return FrozenNorm(scale, f.w, None, f.centre).linear(c) @ _centred_unembed(lens, ids)
+    u = _centred_unembed(lens, ids) if unembed is None else unembed
+    return FrozenNorm(scale, f.w, None, f.centre).linear(c) @ u
 
 
 def copy_dla_scores(model: Any, run: Run) -> np.ndarray:
@@ -62,8 +66,9 @@ def copy_dla_scores(model: Any, run: Run) -> np.ndarray:
     uniq, inv = torch.unique(toks, return_inverse=True)  # inv: [B, P]
     B, P = toks.shape
     out = np.zeros((lens.cfg.n_layers, lens.cfg.n_heads))
+    u = _centred_unembed(lens, uniq)
     for l in range(lens.cfg.n_layers):
-        dla = head_dla(model, run, l, uniq)  # [B, d, H, U]
+        dla = head_dla(model, run, l, uniq, u)  # [B, d, H, U]
         idx = inv[:, None, None, :].expand(B, P, dla.shape[2], P)  # source token index per (b, d, h, s)
         dla_src = dla.gather(-1, idx)  # [B, d, H, s]
         A = run.pattern[l].permute(0, 2, 1, 3).clone()  # [B, d, H, s]
@@ -286,9 +291,10 @@ def anti_induction(model: Any, n: int = 8, length: int = 24, *, seed: int = 0) -
     ind = np.zeros((lens.cfg.n_layers, lens.cfg.n_heads))
     anti = np.zeros_like(ind)
     uniq, inv = torch.unique(nxt, return_inverse=True)
+    u = _centred_unembed(lens, uniq)
     for l in range(lens.cfg.n_layers):
         ind[l] = run.pattern[l][:, :, dest, src].mean((0, 2)).numpy()
-        dla = head_dla(model, run, l, uniq)[:, dest]  # [n, D, H, U]
+        dla = head_dla(model, run, l, uniq, u)[:, dest]  # [n, D, H, U]
         got = dla.gather(-1, inv[:, :, None, None].expand(-1, -1, dla.shape[2], 1))[..., 0]
         anti[l] = (-got.mean((0, 1))).numpy()
     return AntiInduction(ind, anti, {"n": n, "length": length, "seed": seed, "token_kind": "whole_words"})
