@@ -12,7 +12,9 @@ nbformat = pytest.importorskip("nbformat", reason="notebook tests need the dev e
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-CELL_TIMEOUT = 240  # seconds for one cell; a whole notebook takes about a minute on 2 cores
+# A hang guard, not a budget: one cell takes under a minute on 2 idle cores, several times that when the
+# machine is shared.
+CELL_TIMEOUT = 480
 
 
 def test_notebooks_found_and_stored_without_outputs():
@@ -44,7 +46,7 @@ def test_notebook_runs(path: Path, monkeypatch, tmp_path: Path):
     start = time.perf_counter()
     try:
         client.execute()
-    except nbclient.exceptions.CellExecutionError as e:
+    except (nbclient.exceptions.CellExecutionError, nbclient.exceptions.CellTimeoutError) as e:
         pytest.fail(f"{path.name} failed:\n{e}", pytrace=False)
     took = time.perf_counter() - start
     kernel_python = nb.cells[0].outputs[0]["text"].strip()
