@@ -79,6 +79,8 @@ def test_vocab_ranks_are_never_better_than_sample_ranks(gemma):
     assert v.suppression.n_candidates == gemma.cfg.d_vocab
     assert (v.ranks_suppression >= s.ranks_suppression).all()
     assert (v.ranks_copying >= s.ranks_copying).all()
+    # every other token beats the source in at most one direction, and the source never beats itself
+    assert (v.ranks_suppression + v.ranks_copying <= gemma.cfg.d_vocab - 1).all()
     assert v.suppression.top10 > 0.5  # L7H1 suppresses its source token even among 262,144 candidates
 
 

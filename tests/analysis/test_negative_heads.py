@@ -66,8 +66,8 @@ def test_anti_induction_and_self_repair_on_gemma(gemma):
 @pytest.mark.slow
 def test_report_end_to_end_writes_metrics_and_figures(gemma, tmp_path):
     report = copy_suppression_report(
-        gemma, n_tokens=200, vocab_tokens=10, n_sequences=3, seq_len=24, max_positions=8, n_ioi=4
-    )
+        gemma, n_tokens=200, vocab_tokens=10, n_sequences=3, seq_len=16, max_positions=4, n_ioi=4
+    )  # the smallest sizes that run every stage: direct effects are 4 positions x 72 heads of full softmaxes
     path = report.save(tmp_path)
     data = json.loads(path.read_text())
     s = data["summary"]
