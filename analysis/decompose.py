@@ -216,7 +216,7 @@ def check_additivity(model: Any, run: Run, rtol: float = 1e-4) -> float:
 def unembed(model: Any, normed: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
     """Logits of final-normed residuals, with the model's soft-cap when it has one."""
     lens = lens_of(model)
-    logits = normed @ lens.W_U + lens.b_U
+    logits = (normed @ lens.W_U).add_(lens.b_U)  # in place: logits are rows x d_vocab
     cap = float(getattr(lens.cfg, "output_logits_soft_cap", -1.0) or -1.0)
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
