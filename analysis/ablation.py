@@ -23,7 +23,7 @@ from steerlens.figures import GREY, PALETTE, new_figure
 
 from .circuits import layer_head_heatmap
 from .decompose import Run, frozen_norm, head_results, lens_of, logit_stats, post_norm, run_decomposed
-from .results import Saveable
+from .results import Saveable, head_frame
 
 
 def destination_mask(tokens: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
@@ -65,20 +65,7 @@ class DirectEffects(Saveable):
     name: str = "direct_effects"
 
     def to_frame(self) -> pd.DataFrame:
-        n_layers, n_heads = self.loss.shape
-        return pd.DataFrame(
-            [
-                {
-                    "layer": l,
-                    "head": h,
-                    "loss": self.loss[l, h],
-                    "kl": self.kl[l, h],
-                    "entropy": self.entropy[l, h],
-                }
-                for l in range(n_layers)
-                for h in range(n_heads)
-            ]
-        ).set_index(["layer", "head"])
+        return head_frame({"loss": self.loss, "kl": self.kl, "entropy": self.entropy})
 
     def figure(self, metric: str = "loss") -> go.Figure:
         return layer_head_heatmap(

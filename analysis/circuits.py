@@ -21,7 +21,7 @@ from steerlens.errors import SteerlensError
 from steerlens.figures import PALETTE, TEMPLATE, new_figure
 
 from .decompose import FrozenNorm, frozen_norm, lens_of, post_attn_norm
-from .results import Saveable
+from .results import Saveable, head_frame
 
 VARIANTS = ("self_attn", "mlp0")
 QUERY_SIDES = ("unembedding", "effective", "raw")
@@ -475,13 +475,7 @@ class HeadScan(Saveable):
     name: str = "head_scan"
 
     def to_frame(self) -> pd.DataFrame:
-        n_layers, n_heads = self.metrics[SCAN_METRICS[0]].shape
-        rows = [
-            {"layer": l, "head": h, **{m: float(self.metrics[m][l, h]) for m in SCAN_METRICS}}
-            for l in range(n_layers)
-            for h in range(n_heads)
-        ]
-        return pd.DataFrame(rows).set_index(["layer", "head"])
+        return head_frame({m: np.asarray(self.metrics[m], dtype=float) for m in SCAN_METRICS})
 
     def figure(self, metric: str = "ov_suppression_top10") -> go.Figure:
         return layer_head_heatmap(

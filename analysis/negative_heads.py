@@ -32,7 +32,7 @@ from .circuits import (
 )
 from .decompose import Run, head_results, lens_of, run_decomposed
 from .ioi import IOIBatch
-from .results import Saveable
+from .results import Saveable, head_frame
 
 METHODS = ("copy_dla", "ioi", "ov", "entropy")
 
@@ -249,19 +249,9 @@ class AntiInduction(Saveable):
     name: str = "anti_induction"
 
     def to_frame(self) -> pd.DataFrame:
-        n_layers, n_heads = self.anti_induction.shape
-        return pd.DataFrame(
-            [
-                {
-                    "layer": l,
-                    "head": h,
-                    "induction_attention": self.induction_attention[l, h],
-                    "anti_induction": self.anti_induction[l, h],
-                }
-                for l in range(n_layers)
-                for h in range(n_heads)
-            ]
-        ).set_index(["layer", "head"])
+        return head_frame(
+            {"induction_attention": self.induction_attention, "anti_induction": self.anti_induction}
+        )
 
     def figure(self) -> go.Figure:
         return layer_head_heatmap(
@@ -324,21 +314,12 @@ class SelfRepair(Saveable):
     name: str = "self_repair"
 
     def to_frame(self) -> pd.DataFrame:
-        n_layers, n_heads = self.clean.shape
-        return pd.DataFrame(
-            [
-                {
-                    "layer": l,
-                    "head": h,
-                    "clean": self.clean[l, h],
-                    "ablated": self.ablated[l, h],
-                    "share": self.share[l, h],
-                    "name_mover": (l, h) in self.name_movers,
-                }
-                for l in range(n_layers)
-                for h in range(n_heads)
-            ]
-        ).set_index(["layer", "head"])
+        movers = np.zeros(self.clean.shape, dtype=bool)
+        for l, h in self.name_movers:
+            movers[l, h] = True
+        return head_frame(
+            {"clean": self.clean, "ablated": self.ablated, "share": self.share, "name_mover": movers}
+        )
 
     def figure(self, highlight: Sequence[tuple[int, int]] = ()) -> go.Figure:
         fig = new_figure(

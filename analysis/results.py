@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from steerlens.files import write_json
@@ -43,3 +44,12 @@ class Saveable:
 
     def save(self, directory: str | Path) -> Path:
         return write_json(Path(directory) / f"{self.name}.json", self.to_dict())
+
+
+def head_frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """One row per (layer, head) from ``[n_layers, n_heads]`` arrays, indexed by layer and head."""
+    n_layers, n_heads = np.shape(next(iter(columns.values())))
+    layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+    data = {"layer": layer.ravel(), "head": head.ravel()}
+    data.update({k: np.asarray(v).ravel() for k, v in columns.items()})
+    return pd.DataFrame(data).set_index(["layer", "head"])
