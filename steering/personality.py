@@ -32,7 +32,7 @@ from steerlens.probes.questionnaire import Item, administer, item_prompt, items,
 from torch import Tensor
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.figures import GREY, PALETTE, line_with_band, new_figure
+from steerlens.figures import GREY, PALETTE, bars_with_ci, line_with_band, new_figure
 from steerlens.inputs import Example
 from steerlens.model import Model
 from steerlens.stats import Estimate, auroc, bootstrap, mean_ci
@@ -780,18 +780,7 @@ class Stability:
         traits = list(self.method_slope)
         for k, m in enumerate(next(iter(self.method_slope.values()), {})):
             est = [self.method_slope[t][m] for t in traits]
-            fig.add_bar(
-                x=traits,
-                y=[e.value for e in est],
-                name=f"method {m}",
-                marker_color=PALETTE[k % len(PALETTE)],
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[e.hi - e.value for e in est],
-                    arrayminus=[e.value - e.lo for e in est],
-                ),
-            )
+            bars_with_ci(fig, traits, est, f"method {m}", PALETTE[k % len(PALETTE)])
         for t in traits:
             fig.add_scatter(
                 x=[t] * len(self.split_slope[t]),
@@ -993,18 +982,7 @@ class PersonalityStudy:
         if RANDOM in self.dose.conditions:
             series["random control"] = [span(RANDOM, t) for t in traits]
         for k, (name, est) in enumerate(series.items()):
-            fig.add_bar(
-                x=traits,
-                y=[e.value for e in est],
-                name=name,
-                marker_color=GREY if name == "random control" else PALETTE[k],
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[e.hi - e.value for e in est],
-                    arrayminus=[e.value - e.lo for e in est],
-                ),
-            )
+            bars_with_ci(fig, traits, est, name, GREY if name == "random control" else PALETTE[k])
         fig.update_layout(barmode="group")
         return fig
 
@@ -1017,17 +995,12 @@ class PersonalityStudy:
         hows = ["accuracy"] + (["mc_accuracy"] if self.capability.mc_correct is not None else [])
         for k, h in enumerate(hows):
             est = [self.capability.delta(c, h, 500) for c in self.capability.conditions]
-            fig.add_bar(
-                x=list(self.capability.conditions),
-                y=[e.value for e in est],
-                name=f"arithmetic {h}" if h == "accuracy" else "multiple-choice accuracy",
-                marker_color=PALETTE[k],
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[e.hi - e.value for e in est],
-                    arrayminus=[e.value - e.lo for e in est],
-                ),
+            bars_with_ci(
+                fig,
+                list(self.capability.conditions),
+                est,
+                f"arithmetic {h}" if h == "accuracy" else "multiple-choice accuracy",
+                PALETTE[k],
             )
         return fig
 

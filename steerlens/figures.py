@@ -62,6 +62,25 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def bars_with_ci(
+    fig: go.Figure, x: Sequence[Any], estimates: Sequence[Any], name: str, colour: str
+) -> go.Figure:
+    """Add a bar trace of ``Estimate`` values with asymmetric error bars from their ``lo`` / ``hi``."""
+    fig.add_bar(
+        x=list(x),
+        y=[e.value for e in estimates],
+        name=name,
+        marker_color=colour,
+        error_y=dict(
+            type="data",
+            symmetric=False,
+            array=[e.hi - e.value for e in estimates],
+            arrayminus=[e.value - e.lo for e in estimates],
+        ),
+    )
+    return fig
+
+
 def line_with_band(
     fig: go.Figure,
     x: Sequence[float],
