@@ -194,7 +194,13 @@ class InjectionRun:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("all injected", "solved before injection"))
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            shared_yaxes=True,  # same row labels: only the left panel shows them, so they cannot overlap
+            horizontal_spacing=0.06,
+            subplot_titles=("all injected", "solved before injection"),
+        )
         for col, subset in enumerate(("all", "clean_correct"), 1):
             t = self.table(subset)
             z = [

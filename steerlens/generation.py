@@ -159,15 +159,22 @@ def generate_detailed(
 
 
 class _StopAfter(StoppingCriteria):
-    """Stop a row once a stop string appears in its text generated after the first ``skip`` tokens."""
+    """Stop a row once a stop string appears in its text generated after the first ``skip`` tokens.
+
+    Called after every new token, so only a tail window is decoded: a stop string that was not there one step
+    ago must end in the newest token, and ``L`` characters span at most ``L`` tokens (+ slack for byte-level
+    pieces). Linear in the budget, where decoding the whole continuation each step was quadratic.
+    """
 
     def __init__(self, tokenizer: Any, stop: Sequence[str], width: int, skip: int):
         self.tok, self.stop, self.start = tokenizer, list(stop), width + skip
+        self.window = 4 * max((len(s) for s in self.stop), default=1) + 8
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if input_ids.shape[1] > self.start:
-            for j, text in enumerate(self.tok.batch_decode(input_ids[:, self.start :])):
+            lo = max(self.start, input_ids.shape[1] - self.window)
+            for j, text in enumerate(self.tok.batch_decode(input_ids[:, lo:])):
                 done[j] = any(s in text for s in self.stop)
         return done
 

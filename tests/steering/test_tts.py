@@ -85,6 +85,34 @@ def test_wait_stacking_rounds_and_budgets(smol, problems):
     assert res.settings["cue"] == WAIT
 
 
+def test_stop_window_fires_exactly_when_full_decode_would(smol):
+    """The stop check decodes only a tail window; on real text it must fire at the same step as decoding
+    the whole continuation would, for stop strings of several lengths and a skip."""
+    import torch
+
+    from steerlens.generation import _StopAfter
+
+    tok = smol.tokenizer
+    text = "Step 1: 12 + 30 = 42\nStep 2: 42 * 2 = 84\n\nWait, let me check: 84 is right.\n\nAnswer: 84"
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    for stop, skip in (
+        (["\n\n"], 0),
+        (["Answer:"], 3),
+        (["let me check: 84 is right"], 1),
+        (["Wait,", "84 *"], 0),
+    ):
+        crit = _StopAfter(tok, stop, width=2, skip=skip)
+        start = 2 + skip
+        for t in range(1, ids.shape[1] + 1):
+            full = t > start and any(s in tok.decode(ids[0, start:t]) for s in stop)
+            got = bool(crit(ids[:, :t], None)[0])
+            assert got == full, (stop, skip, t)
+            if full:
+                break
+        else:
+            raise AssertionError(f"{stop} never found")
+
+
 def test_budget_forcing_ignores_stops_for_min_tokens(smol):
     from steerlens.generation import generate_detailed
 
