@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import new_figure
 from steerlens.files import atomic_write
-from steerlens.generation import generate
+from steerlens.generation import generate_detailed
 from steerlens.inputs import Example
 from steerlens.model import Model
 from steerlens.tasks import Problem, arithmetic_problems, extract_answer, grade, normalize_answer
@@ -281,10 +282,13 @@ def error_injected_reasoning(
         raise EmptyInput("no problems to run")
     shot_pairs = few_shot(shot_problems(shots))
     prompts = [reasoning_prompt(model, p.question, shot_pairs, chat) for p in problems]
+    cut_traces = 0
     if mode == "generated":
-        traces = generate(
+        gens = generate_detailed(
             model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=STOP, progress=progress
         )
+        traces = [g.text for g in gens]
+        cut_traces = sum(g.exhausted for g in gens)
     else:
         traces = [p.solution() for p in problems]
     records: list[TraceRecord] = []
@@ -296,7 +300,7 @@ def error_injected_reasoning(
         )
     todo = [i for i, r in enumerate(records) if r.injection is not None]
     conts = (
-        generate(
+        generate_detailed(
             model,
             [records[i].prompt + records[i].prefix for i in todo],
             max_new_tokens=max_new_tokens,
@@ -308,7 +312,15 @@ def error_injected_reasoning(
         else []
     )
     for i, cont in zip(todo, conts, strict=True):
-        records[i] = _grade_continuation(records[i], cont)
+        records[i] = _grade_continuation(records[i], cont.text)
+    cut_conts = sum(g.exhausted for g in conts)
+    if cut_traces or cut_conts:  # a cut answer is graded wrong: the 2x2 table would be an artefact
+        warnings.warn(
+            f"{cut_traces} of {len(problems)} traces and {cut_conts} of {len(todo)} continuations ran out of "
+            f"max_new_tokens={max_new_tokens} before ending; their answers are cut and graded wrong. Raise "
+            "max_new_tokens (a 3-step trace is ~48 tokens on digit-wise tokenizers).",
+            stacklevel=2,
+        )
     settings = dict(
         model=model.name,
         mode=mode,
@@ -316,6 +328,7 @@ def error_injected_reasoning(
         shots=shots,
         chat=chat,
         max_new_tokens=max_new_tokens,
+        budget_exhausted={"traces": cut_traces, "continuations": cut_conts},
         n_problems=len(problems),
         problem_source=problems[0].source,
         problem_settings=dict(problems[0].meta),

@@ -440,6 +440,7 @@ def critique_study(
     alphas: Sequence[float] = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2),
     units: str = "resid",
     n_boot: int = 1000,
+    max_new_tokens: int = 64,
     progress: bool = True,
 ) -> CritiqueStudy:
     """The critique pipeline end to end: error-injected reasoning on ``n`` problems, probes per layer and the
@@ -460,18 +461,28 @@ def critique_study(
         n_calibrate=n_calibrate,
         alphas=list(alphas),
         units=units,
+        max_new_tokens=max_new_tokens,
     )
     run = InjectionRun.load(records) if records is not None and records.exists() else None
     if run is not None and (
         run.settings.get("seed"),
         run.settings.get("n_problems"),
         run.settings.get("mode"),
-    ) != (seed, n, mode):
+        run.settings.get("shots"),
+        run.settings.get("max_new_tokens"),
+    ) != (seed, n, mode, shots, max_new_tokens):
         run = None  # a different run's records: recompute
     if run is None:
         say(f"[critique 1/3] error-injected reasoning on {n} problems ({mode})", flush=True)
         run = error_injected_reasoning(
-            model, n=n, mode=mode, seed=seed, shots=shots, chat="auto", max_new_tokens=48, progress=progress
+            model,
+            n=n,
+            mode=mode,
+            seed=seed,
+            shots=shots,
+            chat="auto",
+            max_new_tokens=max_new_tokens,
+            progress=progress,
         )
         if records is not None:
             run.save(records)

@@ -86,9 +86,14 @@ def test_trace_examples_spans_point_at_the_right_text(templated_run):
 @pytest.mark.slow
 def test_generated_mode_is_reproducible(smol):
     """The model's own chain of thought, corrupted and continued: same seed, same records, bit for bit."""
-    a = error_injected_reasoning(smol, n=6, seed=2, max_new_tokens=40)
-    b = error_injected_reasoning(smol, n=6, seed=2, max_new_tokens=40)
+    a = error_injected_reasoning(smol, n=6, seed=2, max_new_tokens=64)
+    b = error_injected_reasoning(smol, n=6, seed=2, max_new_tokens=64)
     assert a.records == b.records
     assert a.summary()["n_problems"] == 6
+    assert a.settings["budget_exhausted"] == {"traces": 0, "continuations": 0}  # no answer was cut
+    assert all(r.trace.rstrip().split("Answer:")[-1].strip().isdigit() for r in a.records)
+    with pytest.warns(UserWarning, match="ran out of max_new_tokens=20"):  # too small a budget is reported
+        short = error_injected_reasoning(smol, n=2, seed=2, max_new_tokens=20)
+    assert short.settings["budget_exhausted"]["traces"] == 2
     for r in a.injected:
         assert r.prefix == r.trace[: r.injection.start] + str(r.injection.wrong)
