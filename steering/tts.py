@@ -480,8 +480,8 @@ class ScalingComparison:
                 new_figure("", "", ""),
                 xs,
                 [e.value for e in est],
-                [e.lo for e in est],
-                [e.hi for e in est],
+                [e.lo for e in est] if style.get("band", True) else None,  # one band per condition per panel
+                [e.hi for e in est] if style.get("band", True) else None,
                 label,
                 colours[name],
                 dash=style.get("dash"),
@@ -505,6 +505,7 @@ class ScalingComparison:
                     1,
                     dash=dashes[how],
                     legend=True,
+                    band=how == "majority",
                 )
             pts = pr.curve("majority")
             add(name, name, [t for _, t, _ in pts], [e for *_, e in pts], 3, symbol="circle")
@@ -514,7 +515,9 @@ class ScalingComparison:
             add(name, name, sr.tokens().mean(0).tolist(), acc, 3, symbol="square", dash="dash")
         fig.update_xaxes(title_text="samples N", type="log", dtick=np.log10(2), row=1, col=1)
         fig.update_xaxes(title_text="rounds of 'Wait'", dtick=1, row=1, col=2)
-        fig.update_xaxes(title_text="generated tokens per problem", type="log", row=1, col=3)
+        fig.update_xaxes(
+            title_text="generated tokens per problem", type="log", dtick=np.log10(2), row=1, col=3
+        )
         fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=1)
         fig.update_yaxes(range=[0, 1])
         return fig

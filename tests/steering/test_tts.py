@@ -56,6 +56,8 @@ def test_parallel_result_accuracy_vs_n():
     named = [t.name for t in fig.data if t.showlegend]
     assert named == ["unsteered", "unsteered, best", "unsteered, weighted"]  # one legend entry per curve
     assert {t.xaxis for t in fig.data} == {"x", "x2", "x3"}  # vs N, vs rounds, vs tokens
+    bands = [t.xaxis for t in fig.data if t.fill]
+    assert sorted(bands) == ["x", "x2", "x3", "x3"]  # one band per condition and panel (majority/greedy)
 
 
 def test_transition_metrics_by_hand():
