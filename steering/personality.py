@@ -332,8 +332,9 @@ class DoseResponse:
         }
 
     def figure(self) -> Any:
-        """One panel per steered condition: every trait's score vs alpha with 95% CIs (solid: the steered
-        trait, dotted: the others; grey dashed: un-keyed agreement). Panel titles say which traits moved."""
+        """One panel per steered condition: every trait's score vs alpha (solid: the steered trait, with its
+        95% CI; dotted: the others; grey dashed: un-keyed agreement). Panels of a condition that is no trait
+        (the random control) band every trait. Panel titles say which traits moved beyond the CIs."""
         from plotly.subplots import make_subplots
 
         traits = list(dict.fromkeys(self.item_traits))
@@ -342,24 +343,26 @@ class DoseResponse:
         titles = []
         for c in self.conditions:
             moved = self.moved_traits(c)
-            titles.append(f"steer {c}: " + (f"moved {', '.join(moved)}" if moved else "no trait moved"))
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles)
+            titles.append(f"{c}: " + (f"moved {', '.join(moved)}" if moved else "no trait moved"))
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.07)
         base = new_figure(f"Trait scores under steering ({self.settings.get('model')})", "", "")
         fig.update_layout(
             template=base.layout.template, title=base.layout.title, width=380 * cols, height=300 * rows + 80
         )
         for ci, c in enumerate(self.conditions):
+            own = c.split("⊥")[0]  # "openness⊥conscientiousness" steers openness
             for ti, t in enumerate(traits):
                 est = [self.score(c, k, t, n_boot=300) for k in range(len(self.alphas))]
+                band = t == own or own not in traits
                 sub = line_with_band(
                     new_figure("", "", ""),
                     list(self.alphas),
                     [e.value for e in est],
-                    [e.lo for e in est],
-                    [e.hi for e in est],
+                    [e.lo for e in est] if band else None,
+                    [e.hi for e in est] if band else None,
                     t,
                     PALETTE[ti % len(PALETTE)],
-                    dash=None if t == c else "dot",
+                    dash=None if t == own else "dot",
                 )
                 for tr in sub.data:
                     tr.legendgroup = t

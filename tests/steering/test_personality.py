@@ -86,6 +86,8 @@ def test_alpha_zero_is_unsteered_and_dose_response_shapes(smol, acts):
     assert dr.scores.shape == (2, 3, 16)
     assert np.abs(dr.scores[:, 1] - plain[0]).max() < 1e-4  # per-row alpha 0 rows are the unsteered model
     assert set(dr.leakage(n_boot=50)["random"]) == {"extraversion", "conscientiousness"}
+    fig = dr.figure()  # bands: the steered trait in its panel, every trait in the control's panel
+    assert sorted(t.xaxis for t in fig.data if t.fill) == ["x", "x2", "x2"]
 
 
 def test_held_out_reactions_follow_the_trait_vector(smol, acts):
