@@ -130,10 +130,16 @@ def run_demo(
     def probes(sec: Section) -> None:
         study = state["critique"]
         p = study.summary()["probe"]
+        lo = p["test_auroc_ci"][0]
+        found = (
+            f"the probe separates them on held-out traces (AUROC CI lower bound {lo:.2f} > 0.5)"
+            if lo > 0.5
+            else f"no reliable linear signal on held-out traces here (AUROC CI reaches {lo:.2f} <= 0.5)"
+        )
         sec.text = (
-            "Linear probes per layer separate corrupted from clean traces at the final-answer tokens; the "
-            "layer is chosen on a validation split and scored on a held-out test split, beside a shuffled-label "
-            "control. The critique vector is the difference of means at that layer."
+            "Linear probes per layer are trained to tell corrupted from clean traces at the final-answer tokens; "
+            "the layer is chosen on a validation split and scored on a held-out test split, beside a "
+            f"shuffled-label control: {found}. The critique vector is the difference of means at that layer."
         )
         sec.numbers.update(
             {
@@ -192,17 +198,28 @@ def run_demo(
         summ = st.summary()
         sec.text = (
             f"Trait vectors at layer {st.vectors.layer} (best held-out separability among middle layers), "
-            "steered with per-row alphas; trait expression is read from a Likert questionnaire's answer "
-            "logits, with a random-direction control, purification and the prompting baseline."
+            "steered with per-row alphas. Trait expression is read two ways: a balanced-keyed Likert "
+            "questionnaire from the answer logits, and the preference for the high- over the low-trait reaction "
+            "on held-out statement pairs the vectors never saw (log-prob per token). Controls: a random "
+            "direction of equal norm, purified vectors and the persona-prompting baseline; side effect: "
+            "arithmetic accuracy at the largest alpha."
         )
+        sec.numbers["steering layer"] = st.vectors.layer
+        if st.reactions is not None and "random" in st.reactions.values:
+            sec.numbers["held-out reaction slope, random control"] = st.reactions.slope(
+                "random", 500
+            ).to_dict()
         sec.tables.append(
             (
-                "Own-trait slope (score per alpha unit), verdict and prompting shift",
+                "Per trait: questionnaire slope (keyed score per alpha unit) vs a random direction, held-out "
+                "reaction slope (log-prob per token per alpha unit), persona-prompting shift, arithmetic "
+                "accuracy change at the largest alpha, and the questionnaire verdict",
                 [
                     {
                         "trait": t,
                         "steering slope": r["steering_slope"],
                         "random control slope": r["random_control_slope"],
+                        "held-out reaction slope": r["held_out_reaction_slope"],
                         "prompting shift": r["prompting_shift"],
                         "arithmetic accuracy change": r["arithmetic_accuracy_delta"],
                         "verdict": r["verdict"],
