@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
-from steerlens.figures import save_figure
+from steerlens.figures import save_figures
 from steerlens.files import write_json
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
@@ -103,12 +103,11 @@ class CopySuppressionReport:
             "self_repair": self.self_repair.figure(highlight=self.negative_heads.top(3)),
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``metrics.json`` (summary, settings and every result) and one HTML file per figure."""
+    def save(self, directory: str | Path, formats: Sequence[str] = ("html",)) -> Path:
+        """Write ``metrics.json`` (summary, settings and every result) and the figures in ``formats``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        for name, fig in self.figures().items():
-            save_figure(fig, out / f"{name}.html")
+        save_figures(self.figures(), out, formats=formats)
         results = {
             k: jsonable(getattr(self, k))
             for k in ("negative_heads", "scan", "ov", "ov_mlp0", "ov_vocab", "qk", "direct", "cspa",
@@ -282,10 +281,10 @@ QUICK_SETTINGS: dict[str, Any] = {
 
 
 def demo_section(model: Any, out: str | Path, sec: Any, *, quick: bool = False) -> CopySuppressionReport:
-    """Fill a demo report ``Section`` (numbers, figures, a table of negative heads) and save the report under
-    ``out``; ``quick`` uses small sizes for smoke runs."""
+    """Fill a demo report ``Section`` (numbers, figures, a table of negative heads) and save the report's
+    metrics under ``out`` (the demo writes the figures); ``quick`` uses small sizes for smoke runs."""
     report = copy_suppression_report(model, **(QUICK_SETTINGS if quick else {}))
-    report.save(out)
+    report.save(out, formats=())
     s = report.summary()
     l, h = report.head
     sec.text = (

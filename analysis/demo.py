@@ -105,6 +105,7 @@ def run_demo(
             n_detect=sizes.detect_n,
             n_calibrate=sizes.calibrate_n,
             alphas=sizes.alphas,
+            formats=(),  # the demo writes every figure once, under figures/
         )
         state["critique"] = study
         s = study.summary()
@@ -170,6 +171,7 @@ def run_demo(
             n=sizes.tts_samples,
             rounds=sizes.tts_rounds,
             probe=study.critique.probe,
+            formats=(),
         )
         d = comp.to_dict(n_boot=500)
         sec.text = (

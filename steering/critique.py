@@ -22,7 +22,7 @@ from steerlens.probes.traces import InjectionRun, error_injected_reasoning, trac
 
 from steerlens.collect import collect
 from steerlens.errors import SteerlensError
-from steerlens.figures import GREY, PALETTE, line_with_band, new_figure, save_figure
+from steerlens.figures import GREY, PALETTE, line_with_band, new_figure, save_figures
 from steerlens.files import write_json
 from steerlens.inputs import Example
 from steerlens.model import Model
@@ -411,8 +411,9 @@ class CritiqueStudy:
             "detection_vs_alpha": self.detection.figure(),
         }
 
-    def save(self, out: str | Path) -> Path:
-        """Write records, vector, metrics JSON and figures (HTML sharing one plotly.js) under ``out``."""
+    def save(self, out: str | Path, formats: Sequence[str] = ("html",)) -> Path:
+        """Write records, vector, metrics JSON and the figures in ``formats`` (HTML shares one plotly.js;
+        ``()`` for none, e.g. when a report collects them) under ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.run.save(out / "records.jsonl")
@@ -420,8 +421,7 @@ class CritiqueStudy:
         if self.critique.probe is not None:
             self.critique.probe.save(out / "critique_probe.safetensors", layer=self.critique.layer)
         write_json(out / "metrics.json", self.summary())
-        for name, fig in self.figures().items():
-            save_figure(fig, out / f"{name}.html")
+        save_figures(self.figures(), out, formats=formats)
         return out
 
 
@@ -441,6 +441,7 @@ def critique_study(
     units: str = "resid",
     n_boot: int = 1000,
     max_new_tokens: int = 64,
+    formats: Sequence[str] = ("html",),
     progress: bool = True,
 ) -> CritiqueStudy:
     """The critique pipeline end to end: error-injected reasoning on ``n`` problems, probes per layer and the
@@ -515,5 +516,5 @@ def critique_study(
     say(f"      {det.verdict()}", flush=True)
     study = CritiqueStudy(run, cv, det, settings)
     if out_p is not None:
-        study.save(out_p)
+        study.save(out_p, formats)
     return study

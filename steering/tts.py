@@ -537,12 +537,13 @@ def scaling_study(
     alpha: float = 0.1,
     units: str = "resid",
     probe: Any = None,
+    formats: Sequence[str] = ("html",),
     progress: bool = True,
 ) -> ScalingComparison:
     """Parallel (majority over N) and sequential ("Wait" rounds) scaling on held-out synthetic problems for
     three conditions: unsteered, steered with ``vector`` at ``layer`` on generated tokens, and steered with a
-    random direction of equal norm (the control)."""
-    from steerlens.figures import save_figure
+    random direction of equal norm (the control). With ``out``: ``tts.json`` and the figure in ``formats``."""
+    from steerlens.figures import save_figures
     from steerlens.files import write_json
     from steerlens.tasks import arithmetic_problems
 
@@ -577,5 +578,5 @@ def scaling_study(
     if out is not None:
         out_p = Path(out)
         write_json(out_p / "tts.json", comp.to_dict())
-        save_figure(comp.figure(), out_p / "tts_curves.html")
+        save_figures({"tts_curves": comp.figure()}, out_p, formats=formats)
     return comp

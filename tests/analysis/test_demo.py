@@ -25,3 +25,6 @@ def test_quick_demo_writes_the_full_report(tmp_path):
     assert meta["settings"]["sizes"] == "quick"
     assert (tmp_path / "demo" / "critique" / "critique_vector.safetensors").exists()
     assert sorted((tmp_path / "demo" / "personality").glob("trait_*.safetensors"))
+    run = tmp_path / "demo"
+    stray = [p.relative_to(run) for p in run.rglob("*") if p.suffix in (".html", ".js")]
+    assert all(p.parts[0] == "figures" or p.name == "report.html" for p in stray), stray  # figures once
