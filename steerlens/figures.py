@@ -17,6 +17,10 @@ from .errors import SteerlensError
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 GREY = "#7f7f7f"
 
+# both axes alike: a plain line with outside ticks, faint grid, margins that grow to fit long tick labels
+_AXIS = dict(
+    showline=True, linecolor="#444", ticks="outside", gridcolor="#eee", zeroline=False, automargin=True
+)
 TEMPLATE = go.layout.Template(
     layout=go.Layout(
         font=dict(family="Helvetica, Arial, sans-serif", size=13, color="#222"),
@@ -25,22 +29,8 @@ TEMPLATE = go.layout.Template(
         colorway=PALETTE,
         paper_bgcolor="white",
         plot_bgcolor="white",
-        xaxis=dict(
-            showline=True,
-            linecolor="#444",
-            ticks="outside",
-            gridcolor="#eee",
-            zeroline=False,
-            automargin=True,
-        ),
-        yaxis=dict(
-            showline=True,
-            linecolor="#444",
-            ticks="outside",
-            gridcolor="#eee",
-            zeroline=False,
-            automargin=True,
-        ),
+        xaxis=_AXIS,
+        yaxis=_AXIS,
         legend=dict(bgcolor="rgba(255,255,255,0.8)", borderwidth=0),
         margin=dict(l=60, r=20, t=50, b=50),
         width=720,
