@@ -187,7 +187,7 @@ def run_demo(
         sec.figures["tts_curves"] = comp.figure()
 
     def personality(sec: Section) -> None:
-        from steerlens.steering.personality import personality_study
+        from steerlens.steering.personality import RANDOM, personality_study
 
         st = personality_study(
             lm,
@@ -207,10 +207,8 @@ def run_demo(
             "arithmetic accuracy at the largest alpha."
         )
         sec.numbers["steering layer"] = st.vectors.layer
-        if st.reactions is not None and "random" in st.reactions.values:
-            sec.numbers["held-out reaction slope, random control"] = st.reactions.slope(
-                "random", 500
-            ).to_dict()
+        if st.reactions is not None and RANDOM in st.reactions.values:
+            sec.numbers["held-out reaction slope, random control"] = st.reactions.slope(RANDOM, 500).to_dict()
         sec.tables.append(
             (
                 "Per trait: questionnaire slope (keyed score per alpha unit) vs a random direction, held-out "
