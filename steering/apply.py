@@ -3,18 +3,24 @@
 One context manager for every view. Hooks go on the HF modules, which the nnsight view and a TransformerBridge
 lens run through; a HookedTransformer lens (a separate module tree) gets TL hooks with the same spec.
 
-Fast paths: a static add at every position with one coefficient is folded into the bias of the layer's output
-projection (``down_proj``) where the architecture allows it exactly (Llama-like; not Gemma's post-norms), so it
-costs nothing at run time. Everything else runs as one op per steered layer (``fused.apply_op``). Positions are
-tracked across KV-cached decoding steps, so "generated" includes the very first generated token.
+Semantics (what the reference implementation in ``tests/steering/reference.py`` spells out): at each steered
+layer the interventions run on ``resid_post`` in the order given, each at its positions with its coefficient.
+
+Fast path: a static add at every position with one coefficient is folded into the bias of the layer's output
+projection (``down_proj``) where that is exactly the same computation: the architecture adds the MLP output
+straight to the residual (Llama-like, not Gemma's post-norms) and every intervention before it at that layer
+is an add too (adds commute; nothing else does). Everything else runs as hooks, one op per intervention.
+Positions are tracked across KV-cached decoding steps and cacheless re-runs (``positions.SequenceState``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,48 +30,38 @@ from steerlens.model import Model
 from steerlens.sites import family_table, first_tensor
 
 from .fused import OPS, apply_op
-from .vector import SteeringVector
+from .positions import SELECTORS, Positions, SequenceState, Trigger, Window
+from .vector import UNITS, SteeringVector
+
+Op = Literal["add", "add_norm", "ablate", "clamp"]
+Units = Literal["vector", "raw", "resid"]
+
+__all__ = ["Intervention", "Op", "Positions", "Steering", "Trigger", "Units", "Window", "steer"]
 
 
-@dataclass(frozen=True)
-class Window:
-    """Token positions ``start <= i < end`` of each row, counted from the row's first real (unpadded) token."""
-
-    start: int
-    end: int | None = None
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """Steer each row from the first occurrence of any of ``token_ids`` onwards (inclusive)."""
-
-    token_ids: tuple[int, ...]
-
-
-Positions = str | Window | Trigger  # "all" | "prompt" | "generated" | Window | Trigger
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Intervention:
     """One vector applied with one operation at chosen positions and coefficients.
 
     ``alpha`` is a float or one value per batch row (an alpha sweep or N differently steered samples in one
     batch). ``units``: "vector" (multiples of the raw vector), "raw" (activation units) or "resid" (multiples
-    of the layer's mean residual norm, comparable across layers and models). For ``ablate`` alpha is the
-    fraction removed (1 = all); for ``clamp`` it is the target projection, in ``units``.
+    of the layer's mean per-token residual norm, comparable across layers and models). For ``ablate`` alpha is
+    the fraction removed (1 = all); for ``clamp`` it is the target projection, in ``units``.
     """
 
     vector: SteeringVector
     alpha: float | Sequence[float] | Tensor = 1.0
-    op: str = "add"
+    op: Op = "add"
     positions: Positions = "all"
-    units: str = "vector"
+    units: Units = "vector"
     layers: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise SteerlensError(f"op={self.op!r}: expected one of {OPS}")
-        if isinstance(self.positions, str) and self.positions not in ("all", "prompt", "generated"):
+        if self.units not in UNITS:
+            raise SteerlensError(f"units={self.units!r}: expected one of {UNITS}")
+        if not isinstance(self.positions, Window | Trigger) and self.positions not in SELECTORS:
             raise SteerlensError(
                 f"positions={self.positions!r}: expected 'all', 'prompt', 'generated', Window(start, end) or "
                 "Trigger(token_ids)"
@@ -89,90 +85,19 @@ class Intervention:
         return torch.as_tensor(self.alpha).ndim == 1
 
     def foldable(self) -> bool:
-        return (
-            self.op == "add"
-            and self.positions == "all"
-            and not self.per_row
-            and self.vector.site == "hook_resid_post"
-        )
+        """A static add at every position with one coefficient (may become a bias, where order allows)."""
+        return self.op == "add" and self.positions == "all" and not self.per_row
 
-
-@dataclass
-class _State:
-    """Where the current forward chunk sits in its sequence, shared by every hook of one ``steer`` context."""
-
-    offset: int = 0  # absolute index (in padded coordinates) of the chunk's first token
-    prompt_len: int = 0
-    row_start: Tensor | None = None  # [batch] leading pad count per row
-    trigger_from: dict[tuple[int, ...], Tensor] = field(
-        default_factory=dict
-    )  # per trigger: [batch] first hit
-    masks: dict[Any, Tensor] = field(default_factory=dict)
-    batch: int = 0
-    seq: int = 0
-    rows: Tensor | None = None  # original batch rows still decoding (after early-stopped rows were dropped)
-
-    def keep_rows(self, index: Tensor) -> None:
-        """Follow a decoder that dropped finished rows from its batch (and KV cache)."""
-        index = index.cpu()
-        self.rows = index if self.rows is None else self.rows[index]
-        if self.row_start is not None:
-            self.row_start = self.row_start[index]
-        self.trigger_from = {k: v[index] for k, v in self.trigger_from.items()}
-
-    def begin(
-        self,
-        ids: Tensor | None,
-        batch: int,
-        seq: int,
-        offset: int,
-        attention_mask: Tensor | None,
-        triggers: list[Trigger],
-    ) -> None:
-        self.offset, self.batch, self.seq, self.masks = offset, batch, seq, {}
-        if offset > 0 and self.row_start is None:
-            # entered mid-sequence (a decoder that prefilled outside this context): the cache is the prompt
-            self.prompt_len, self.row_start, self.rows = offset, torch.zeros(batch, dtype=torch.long), None
-        if offset == 0:
-            self.prompt_len = seq
-            if attention_mask is not None and attention_mask.shape == (batch, seq):
-                self.row_start = (attention_mask.cumsum(-1) == 0).sum(-1)
-            else:
-                self.row_start = torch.zeros(batch, dtype=torch.long)
-            self.trigger_from = {}
-            self.rows = None
-        for trig in triggers:
-            if ids is None:
-                raise SteerlensError("Trigger positions need input_ids (not inputs_embeds)")
-            hit = torch.isin(ids, torch.tensor(trig.token_ids, device=ids.device))
-            pos = torch.arange(offset, offset + seq, device=ids.device).expand(batch, seq)
-            first = torch.where(hit, pos, torch.full_like(pos, 2**62)).min(-1).values.cpu()
-            prev = self.trigger_from.get(trig.token_ids)
-            self.trigger_from[trig.token_ids] = first if prev is None else torch.minimum(prev, first)
-
-    def mask(self, positions: Positions, device: torch.device) -> Tensor | None:
-        """[batch, seq] float mask of steered positions in the current chunk, or None for all positions."""
-        if positions == "all":
-            return None
-        key = positions
-        if key not in self.masks:
-            absolute = torch.arange(self.offset, self.offset + self.seq).expand(self.batch, self.seq)
-            assert self.row_start is not None
-            if positions == "prompt":
-                m = absolute < self.prompt_len
-            elif positions == "generated":
-                m = absolute >= self.prompt_len
-            elif isinstance(positions, Window):
-                rel = absolute - self.row_start[:, None]
-                m = rel >= positions.start
-                if positions.end is not None:
-                    m = m & (rel < positions.end)
-            elif isinstance(positions, Trigger):
-                m = absolute >= self.trigger_from[positions.token_ids][:, None]
-            else:  # pragma: no cover - validated in Intervention
-                raise SteerlensError(f"bad positions {positions!r}")
-            self.masks[key] = m.to(device)
-        return self.masks[key]
+    def fingerprint(self) -> str:
+        """Everything that decides what this intervention does, hashed (for cache keys)."""
+        h = hashlib.sha256()
+        alpha = torch.as_tensor(self.alpha, dtype=torch.float32).reshape(-1).tolist()
+        h.update(repr((self.vector.model_id, self.op, self.positions, self.units, alpha)).encode())
+        for l in self.steered_layers:
+            scale = self.vector.scale(l, self.units)
+            h.update(repr((l, scale)).encode())
+            h.update(self.vector.directions[l].detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -189,24 +114,41 @@ class _Step:
     positions: Positions
 
 
-def _prepare(ivs: list[Intervention], device: torch.device, dtype: torch.dtype) -> dict[int, list[_Step]]:
-    """Per steered layer, the steps to run in order."""
+def _step(i: int, iv: Intervention, l: int, device: torch.device, dtype: torch.dtype) -> _Step:
+    a = torch.as_tensor(iv.alpha, dtype=torch.float32)
+    alpha, rows = (None, a.to(device)) if a.ndim == 1 else (float(a), None)
+    u = iv.vector.directions[l].to(device=device, dtype=dtype)
+    unit = iv.vector.scale(l, iv.units)
+    if iv.op in ("add", "add_norm"):
+        u, scale = u * unit, 1.0
+    else:
+        scale = unit if iv.op == "clamp" else 1.0
+    return _Step(i, iv.op, u, scale, alpha, rows, iv.positions)
+
+
+def _plan(
+    ivs: list[Intervention], can_fold: bool, fold: bool | str, device: torch.device, dtype: torch.dtype
+) -> tuple[list[tuple[int, Intervention]], dict[int, list[_Step]]]:
+    """Per layer, which interventions fold into a bias and which run as hook steps (in the given order).
+
+    An add folds at a layer only if every intervention before it at that layer is an add too: the bias runs
+    before all hooks, which changes nothing only when it commutes with what it overtakes."""
+    folds: list[tuple[int, Intervention]] = []
     steps: dict[int, list[_Step]] = {}
-    for i, iv in enumerate(ivs):
-        a = torch.as_tensor(iv.alpha, dtype=torch.float32)
-        alpha, rows = (None, a.to(device)) if a.ndim == 1 else (float(a), None)
-        for l in iv.steered_layers:
-            u = iv.vector.directions[l].to(device=device, dtype=dtype)
-            unit = iv.vector.scale(l, iv.units)
-            if iv.op in ("add", "add_norm"):
-                u, scale = u * unit, 1.0
+    for l in sorted({l for iv in ivs for l in iv.steered_layers}):
+        only_adds_before = True
+        for i, iv in enumerate(ivs):
+            if l not in iv.steered_layers:
+                continue
+            if fold is not False and can_fold and iv.foldable() and only_adds_before:
+                folds.append((l, iv))
             else:
-                scale = unit if iv.op == "clamp" else 1.0
-            steps.setdefault(l, []).append(_Step(i, iv.op, u, scale, alpha, rows, iv.positions))
-    return steps
+                steps.setdefault(l, []).append(_step(i, iv, l, device, dtype))
+            only_adds_before = only_adds_before and iv.op == "add"
+    return folds, steps
 
 
-def _coef(step: _Step, state: _State, device: torch.device, dtype: torch.dtype) -> Tensor | float:
+def _coef(step: _Step, state: SequenceState, device: torch.device, dtype: torch.dtype) -> Tensor | float:
     """alpha x scale x position mask: a float (uniform) or a [batch, seq] tensor, cached per forward."""
     mask = state.mask(step.positions, device)
     if mask is None and step.alpha is not None:
@@ -256,52 +198,81 @@ def _parse(model: Model, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[
     return ivs
 
 
-@dataclass
+@dataclass(eq=False)
 class Steering:
-    """What ``with steer(...) as s`` gives: the interventions, and ``keep_rows`` for custom decoders that drop
-    finished rows from their batch (per-row alphas and positions then follow the surviving rows)."""
+    """What ``with steer(...) as s`` gives: the interventions, ``keep_rows`` for custom decoders that drop
+    finished rows from their batch (per-row alphas and windows then follow the surviving rows), ``resume``
+    for decoders that prefilled outside the context, and ``new_sequence`` between unrelated forwards."""
 
     interventions: list[Intervention]
-    _state: _State
+    _state: SequenceState
+    folded_layers: frozenset[int] = frozenset()
+    thread: int = 0
+    fingerprint: str = ""
 
     def keep_rows(self, index: Tensor) -> None:
         self._state.keep_rows(index)
+
+    def resume(self, ids: Tensor, attention_mask: Tensor | None = None) -> None:
+        """The KV cache passed to the next forward already holds ``ids`` (the prompt), computed elsewhere."""
+        self._state.resume(ids, attention_mask)
+
+    def new_sequence(self) -> None:
+        self._state.new_sequence()
 
 
 @contextlib.contextmanager
 def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **options: Any) -> Iterator[Steering]:
     """Steer ``model`` inside the block; leaving it (also by exception) restores bit-identical outputs.
 
-    ``steer(model, vector, alpha=4, positions="generated")`` or ``steer(model, Intervention(...), ...)``.
-    ``fold``: "auto" folds static adds into output-projection biases where exact; False always uses hooks;
-    True requires folding (errors where it is not exact).
+    Args:
+        model: the model to steer (every view: ``hf``, ``lens``, ``nn``).
+        interventions: one ``SteeringVector`` (with keyword options for ``Intervention``) or several
+            ``Intervention`` objects, applied per layer in the order given.
+        fold: "auto" folds static adds into output-projection biases where that is exact; False always uses
+            hooks; True requires every intervention to fold (errors where it cannot).
+
+    Example:
+        >>> with steer(model, vec, alpha=4, positions="generated"):
+        ...     text = steerlens.generate(model, ["The movie was"])
+
+    ``steer()`` changes the model for every caller until it exits: do not run the same ``Model`` from another
+    thread meanwhile (entering ``steer()`` from a second thread while one is active raises).
     """
     ivs = _parse(model, interventions, options)
+    me = threading.get_ident()
+    if any(s.thread != me for s in model.steering):
+        raise SteerlensError(
+            f"steer() is already active on {model.name} in another thread; steering changes the shared model, "
+            "so use one thread per Model (load a second Model for concurrent work)"
+        )
     _let_compiled_code_see_hooks()
     can_fold = family_table(model.cfg.model_type)["hook_mlp_out"][0] == "mlp"  # mlp_out is down_proj's output
-    to_fold = [iv for iv in ivs if fold is not False and iv.foldable() and can_fold]
-    if fold is True and len(to_fold) != len(ivs):
+    folds, by_layer = _plan(ivs, can_fold, fold, model.device, model.dtype)
+    if fold is True and by_layer:
         raise SteerlensError(
-            "fold=True: only a static add at all positions with one alpha can be folded, and only on "
-            f"architectures whose MLP output enters the residual directly ({model.cfg.model_type} "
-            f"{'does' if can_fold else 'has post-MLP norms and does not'}); use fold='auto'"
+            "fold=True: only a static add at all positions with one alpha, after nothing but adds at its layer, "
+            f"can be folded, and only on architectures whose MLP output enters the residual directly "
+            f"({model.cfg.model_type} {'does' if can_fold else 'has post-MLP norms and does not'}); use fold='auto'"
         )
-    hooked = [iv for iv in ivs if iv not in to_fold]
-    state = _State()
-    triggers = [iv.positions for iv in hooked if isinstance(iv.positions, Trigger)]
-    by_layer = _prepare(hooked, model.device, model.dtype)
+    state = SequenceState(triggers=list(dict.fromkeys(iv.positions for iv in ivs if isinstance(iv.positions, Trigger))))  # type: ignore[misc]
+    handle = Steering(
+        ivs,
+        state,
+        frozenset(l for l, _ in folds),
+        me,
+        "|".join(iv.fingerprint() for iv in ivs),
+    )
     handles: list[Any] = []
     restore: list[tuple[nn.Linear, Any]] = []
+    model._steering.append(handle)
     try:
         for tree in model.hf_trees():  # hf itself, and a TransformerBridge's twin of it
-            for iv in to_fold:
-                restore.extend(_fold(tree, iv))
+            _fold(tree, folds, restore)
             if by_layer:
                 base = tree.get_submodule(str(tree.base_model_prefix))
                 handles.append(
-                    base.register_forward_pre_hook(
-                        lambda m, a, kw: _begin_hf(state, a, kw, triggers), with_kwargs=True
-                    )
+                    base.register_forward_pre_hook(lambda m, a, kw: _begin_hf(state, a, kw), with_kwargs=True)
                 )
                 for l, steps in by_layer.items():
                     layer = tree.get_submodule(f"model.layers.{l}")
@@ -311,22 +282,20 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
         lens = model._lens
         if lens is not None and not hasattr(lens, "original_model"):
             # A HookedTransformer has its own module tree and bias tensors: every intervention runs as TL hooks.
-            tl_layers = _prepare(ivs, model.device, model.dtype)
-            tl_triggers = [iv.positions for iv in ivs if isinstance(iv.positions, Trigger)]
+            _, tl_layers = _plan(ivs, False, False, model.device, model.dtype)
             handles.append(
-                lens.register_forward_pre_hook(
-                    lambda m, a, kw: _begin_tl(state, a, kw, tl_triggers), with_kwargs=True
-                )
+                lens.register_forward_pre_hook(lambda m, a, kw: _begin_tl(state, a, kw), with_kwargs=True)
             )
             for l, steps in tl_layers.items():
                 hp = lens.blocks[l].hook_resid_post
                 handles.append(hp.register_forward_hook(lambda m, a, o, s=steps: _steer_tensor(o, s, state)))
-        yield Steering(ivs, state)
+        yield handle
     finally:
         for h in handles:
             h.remove()
         for proj, bias in reversed(restore):
             proj.bias = bias
+        model._steering.remove(handle)
 
 
 def _let_compiled_code_see_hooks() -> None:
@@ -339,36 +308,40 @@ def _let_compiled_code_see_hooks() -> None:
         torch._dynamo.reset()
 
 
-def _fold(tree: nn.Module, iv: Intervention) -> list[tuple[nn.Linear, Any]]:
-    """Add the intervention's static vector to each steered layer's down_proj bias; return what to restore."""
-    restore: list[tuple[nn.Linear, Any]] = []
-    alpha = float(iv.alpha)  # type: ignore[arg-type]
-    if alpha == 0.0:
-        return restore
-    for l in iv.steered_layers:
+def _fold(
+    tree: nn.Module, folds: list[tuple[int, Intervention]], restore: list[tuple[nn.Linear, Any]]
+) -> None:
+    """Add each folded intervention's static vector to its layer's down_proj bias. Every projection is
+    checked before any is changed, and each change is recorded in ``restore`` before it is made."""
+    projs = []
+    for l, _ in folds:
         proj = tree.get_submodule(f"model.layers.{l}.mlp.down_proj")
         proj = getattr(proj, "_original_component", proj)  # a TransformerBridge wraps the Linear
         if not isinstance(proj, nn.Linear):
             raise SteerlensError(f"cannot fold into {type(proj).__name__} at layer {l}; use fold=False")
+        projs.append(proj)
+    for proj, (l, iv) in zip(projs, folds, strict=True):
+        alpha = float(iv.alpha)  # type: ignore[arg-type]
+        if alpha == 0.0:
+            continue
         delta = (alpha * iv.vector.scale(l, iv.units) * iv.vector.directions[l]).to(proj.weight)
         restore.append((proj, proj.bias))
         old = proj.bias.detach() if proj.bias is not None else torch.zeros_like(delta)
         proj.bias = nn.Parameter(old + delta, requires_grad=False)
-    return restore
 
 
-def _steer_tensor(h: Tensor, steps: list[_Step], state: _State) -> Tensor:
+def _steer_tensor(h: Tensor, steps: list[_Step], state: SequenceState) -> Tensor:
     for step in steps:
         h = apply_op(h, step.vector, step.op, _coef(step, state, h.device, h.dtype))
     return h
 
 
-def _steer_output(out: Any, steps: list[_Step], state: _State) -> Any:
+def _steer_output(out: Any, steps: list[_Step], state: SequenceState) -> Any:
     h = _steer_tensor(first_tensor(out), steps, state)
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
-def _begin_hf(state: _State, args: tuple, kw: dict, triggers: list) -> None:
+def _begin_hf(state: SequenceState, args: tuple, kw: dict) -> None:
     ids = kw.get("input_ids", args[0] if args else None)
     embeds = kw.get("inputs_embeds")
     ref = ids if ids is not None else embeds
@@ -376,13 +349,14 @@ def _begin_hf(state: _State, args: tuple, kw: dict, triggers: list) -> None:
         raise SteerlensError("steered forward got neither input_ids nor inputs_embeds")
     cache = kw.get("cache", kw.get("past_key_values"))
     offset = int(cache.get_seq_length()) if cache is not None else 0
-    state.begin(ids, ref.shape[0], ref.shape[1], offset, kw.get("attention_mask"), triggers)
+    state.begin(ids, ref.shape[0], ref.shape[1], offset, kw.get("attention_mask"))
 
 
-def _begin_tl(state: _State, args: tuple, kw: dict, triggers: list) -> None:
+def _begin_tl(state: SequenceState, args: tuple, kw: dict) -> None:
     tokens = kw.get("input", args[0] if args else None)
     if not isinstance(tokens, Tensor):
         raise SteerlensError("steering the HookedTransformer view needs token tensors as input, not strings")
     cache = kw.get("past_kv_cache")
     offset = int(cache.entries[0].past_keys.shape[1]) if cache is not None else 0
-    state.begin(tokens, tokens.shape[0], tokens.shape[1], offset, kw.get("attention_mask"), triggers)
+    ids, key = (None, tokens) if tokens.is_floating_point() else (tokens, None)  # TL generate passes embeddings
+    state.begin(ids, tokens.shape[0], tokens.shape[1], offset, kw.get("attention_mask"), key)

@@ -111,6 +111,8 @@ def sample(
     forward = len(ids) * prefill_rows
     with ExitStack() as stack, torch.no_grad():
         handle = stack.enter_context(steer(model, *ivs)) if ivs else None
+        if handle is not None:  # the cache holds the prompt: positions, windows and triggers continue from it
+            handle.resume(torch.tensor([ids] * n, device=dev))
         for step in range(max_new_tokens):
             nxt = [_draw(logits[j], temperature, top_p, gens[r]) for j, r in enumerate(alive)]
             keep = []

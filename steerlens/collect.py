@@ -47,6 +47,7 @@ def collect(
     interrupted run resumes where it stopped, and a complete store is returned without recomputation.
     """
     site_objs = model.sites(sites)
+    _check_folded_sites(model, site_objs)
     pos = Positions.parse(positions)
     tokens = tokenize_inputs(model.tokenizer, inputs)
     keep = [pos.select(i, t) for i, t in enumerate(tokens)]
@@ -61,6 +62,8 @@ def collect(
         "site_shapes": {s.name: list(s.shape) for s in site_objs},
         "positions": pos.spec,
         "dtype": dtype_name,
+        "model_dtype": str(model.dtype).removeprefix("torch."),
+        "steering": model.steering_key(),  # activations under steer() are not the unsteered ones
         "dataset_hash": d_hash,
         "n_examples": len(tokens),
         "n_rows": sum(map(len, keep)),
@@ -77,6 +80,17 @@ def collect(
     _run(model, store, site_objs, tokens, keep, batch_size, dtype, int(shard_mb * 2**20), progress)
     store.mark_complete()
     return store
+
+
+def _check_folded_sites(model: Model, sites: list[Site]) -> None:
+    """A folded add lives in down_proj's bias, so ``hook_mlp_out`` there would include the steering vector."""
+    folded = {l for s in model.steering for l in s.folded_layers}
+    bad = [s.name for s in sites if s.kind == "hook_mlp_out" and s.layer in folded]
+    if bad:
+        raise StoreMismatch(
+            f"sites {bad} sit at layers where the active steer() folded its add into down_proj's bias, so "
+            "they would include the steering vector; steer with fold=False while collecting MLP outputs"
+        )
 
 
 def json_key(manifest: dict[str, Any]) -> str:
@@ -167,6 +181,7 @@ def _run(
                         torch.tensor(rows_p, device=device),
                     )
                     captured.clear()
+                    model.new_sequence()  # each batch is its own prompt, never a re-run of the last
                     with contextlib.suppress(_StopForward):
                         body(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
                     part = {s.name: captured[s.name] for s in sites}

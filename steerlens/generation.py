@@ -206,6 +206,7 @@ def next_token_logprobs(
     for b in left_padded_batches(model, ids, batch_size):
         ctx = context(b.rows) if context is not None else nullcontext()
         with ctx, torch.no_grad():
+            model.new_sequence()
             logits = model.hf(
                 b.ids, attention_mask=b.mask, position_ids=b.position_ids, logits_to_keep=1
             ).logits
@@ -239,6 +240,7 @@ def continuation_logprobs(
     for b in left_padded_batches(model, full, batch_size):
         ctx = context(b.rows) if context is not None else nullcontext()
         with ctx, torch.no_grad():
+            model.new_sequence()
             logits = model.hf(b.ids, attention_mask=b.mask, position_ids=b.position_ids).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1)
         for j, i in enumerate(b.rows):

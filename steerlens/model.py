@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -45,6 +45,23 @@ class ModelConfig:
         )
 
 
+class ActiveSteering(Protocol):
+    """What core code needs to know of a ``steer()`` context in force (the steering layer implements it):
+    a fingerprint for cache keys, the layers whose MLP output carries a folded vector, the owning thread, and a
+    way to say "the next forward is a new sequence" (for code that runs independent batches back to back)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def folded_layers(self) -> frozenset[int]: ...
+
+    @property
+    def thread(self) -> int: ...
+
+    def new_sequence(self) -> None: ...
+
+
 class Model:
     """A causal LM with three views over the same parameters.
 
@@ -63,6 +80,21 @@ class Model:
         self._lens: Any = None
         self._nn: Any = None
         self.lens_shared_fraction: float | None = None
+        self._steering: list[ActiveSteering] = []  # steer() contexts in force, outermost first
+
+    @property
+    def steering(self) -> tuple[ActiveSteering, ...]:
+        """The ``steer()`` contexts in force on this model, outermost first (empty when unsteered)."""
+        return tuple(self._steering)
+
+    def steering_key(self) -> str:
+        """What the active steering does, as a string for cache keys ("none" when unsteered)."""
+        return "+".join(s.fingerprint for s in self._steering) or "none"
+
+    def new_sequence(self) -> None:
+        """Tell active steering that the next forward is a new sequence (not a re-run of the last one)."""
+        for s in self._steering:
+            s.new_sequence()
 
     def __repr__(self) -> str:
         c = self.cfg
