@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.steerlens-installed
 
-.PHONY: install demo test lint bench
+.PHONY: install peers demo test lint bench
 
 # Static figure export (kaleido) drives a Chromium; kaleido cannot download one offline, so take Debian's.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt Makefile
 
 install: $(STAMP)
 
+# Peers we cross-check against (tests/steering/test_peer.py skips without them) and benchmark against.
+peers: $(STAMP)
+	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2   # pins transformers<5 but runs beside 5.x
+
 demo: $(STAMP)
 	$(VENV)/bin/steerlens demo
 
@@ -31,7 +35,6 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
-bench: $(STAMP)
-	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2   # peer, pins transformers<5 but runs beside 5.x
+bench: peers
 	$(PY) -m pip install -q -c requirements/constraints.txt scikit-learn
 	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py

@@ -171,6 +171,7 @@ def run_demo(
             n=sizes.tts_samples,
             rounds=sizes.tts_rounds,
             probe=study.critique.probe,
+            probe_layer=study.critique.layer,
             formats=(),
         )
         d = comp.to_dict(n_boot=500)

@@ -52,7 +52,10 @@ class Logistic:
         """The probe and its metadata; refuses NaN/inf."""
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        from steerlens.files import reading
+
+        fix = "refit the probe (probes.linear.fit_logistic) and save it again"
+        with reading(path, "steerlens probe (safetensors)", fix), safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != "steerlens.logistic/1":
                 raise SteerlensError(f"{path} is not a steerlens probe file (format {meta.get('format')!r})")
@@ -203,6 +206,7 @@ def probe_layers(
     for name, idx in (("train", tr), ("validation", va), ("test", te)):
         if len(set(y[idx])) < 2:
             raise EmptyInput(f"the {name} split has one class only ({len(idx)} rows); give more examples")
+    g_te = [groups[i] for i in te]
     shuffled = y.copy()
     np.random.default_rng(seed + 1).shuffle(shuffled)
     scores = []
@@ -213,7 +217,8 @@ def probe_layers(
         p_va = probe.prob(x[va]).numpy()
         p_te = probe.prob(x[te]).numpy()
         y_te = y[te]
-        ci = bootstrap(_auroc_at(p_te, y_te), len(te), n_boot=n_boot, seed=seed)
+        # resample problems, not rows: a problem's clean and corrupted trace are one unit
+        ci = bootstrap(_auroc_at(p_te, y_te), len(te), n_boot=n_boot, seed=seed, groups=g_te)
         ctrl = fit_logistic(x[tr], shuffled[tr], l2=l2)
         scores.append(
             ProbeScore(

@@ -19,7 +19,7 @@ from typing import Any
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import new_figure
-from steerlens.files import atomic_write
+from steerlens.files import atomic_write, reading
 from steerlens.generation import generate_detailed
 from steerlens.inputs import Example
 from steerlens.model import Model
@@ -70,17 +70,27 @@ class Injection:
     end: int
 
 
-def wrong_value(value: int, rng: random.Random) -> int:
-    """A nearby wrong result (off by 1-5, or by 10 for larger values), never negative, never the original."""
-    choices = [d for d in (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5) if value + d >= 0]
+_EVAL = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def wrong_value(value: int, rng: random.Random, avoid: Sequence[int] = ()) -> int:
+    """A nearby wrong result (off by 1-5, or by 10 for larger values), never negative, never the original,
+    and never one of ``avoid`` (the true result, when the model's own value was already a slip)."""
+    choices = [d for d in (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5) if value + d >= 0 and value + d not in avoid]
     if abs(value) >= 20:
-        choices += [-10, 10]
+        choices += [d for d in (-10, 10) if value + d not in avoid]
     return value + rng.choice(choices)
 
 
-def inject_error(trace: str, rng: random.Random, step: int | None = None) -> tuple[str, Injection] | None:
+def inject_error(
+    trace: str, rng: random.Random, step: int | None = None, truths: Sequence[int] = ()
+) -> tuple[str, Injection] | None:
     """Corrupt one equation result of ``trace``; returns the prefix ending with the wrong result, or None when
-    the trace has fewer than two equations (an error needs reasoning after it to be noticed)."""
+    the trace has fewer than two equations (an error needs reasoning after it to be noticed).
+
+    The wrong value is never a correct one: not the written equation's true result (``a op b``, which differs
+    from the written result when the model slipped) and not ``truths[k]``, the problem's ground-truth result
+    of that step when known. Otherwise an "injected error" could repair the model's own mistake."""
     eqs = list(EQUATION.finditer(trace))
     if len(eqs) < 2:
         return None
@@ -89,7 +99,9 @@ def inject_error(trace: str, rng: random.Random, step: int | None = None) -> tup
         raise SteerlensError(f"step {k} out of range: the trace has {len(eqs)} equations")
     m = eqs[k]
     original = int(m.group(4))
-    wrong = wrong_value(original, rng)
+    op = {"x": "*", "×": "*"}.get(m.group(2), m.group(2))
+    avoid = [_EVAL[op](int(m.group(1)), int(m.group(3)))] + ([truths[k]] if k < len(truths) else [])
+    wrong = wrong_value(original, rng, avoid)
     return trace[: m.start(4)] + str(wrong), Injection(k, original, wrong, m.start(4), m.end(4))
 
 
@@ -241,7 +253,8 @@ class InjectionRun:
 
     @classmethod
     def load(cls, path: str | Path) -> InjectionRun:
-        rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+        with reading(path, "InjectionRun JSONL file", "delete it and rerun error_injected_reasoning"):
+            rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
         if not rows or "settings" not in rows[0]:
             raise SteerlensError(f"{path} is not an InjectionRun file (first line must hold the settings)")
         recs = []
@@ -293,7 +306,7 @@ def error_injected_reasoning(
         traces = [p.solution() for p in problems]
     records: list[TraceRecord] = []
     for p, prompt, trace in zip(problems, prompts, traces, strict=True):
-        got = inject_error(trace, random.Random(f"{seed}:{p.id}"))
+        got = inject_error(trace, random.Random(f"{seed}:{p.id}"), truths=[st.result for st in p.steps])
         prefix, inj = got if got is not None else ("", None)
         records.append(
             TraceRecord(p.id, p.question, p.answer, prompt, trace, grade(trace, p.answer), inj, prefix)

@@ -31,10 +31,9 @@ from steerlens.sites import family_table, first_tensor
 
 from .fused import OPS, apply_op
 from .positions import SELECTORS, Positions, SequenceState, Trigger, Window
-from .vector import UNITS, SteeringVector
+from .vector import UNITS, SteeringVector, Units
 
 Op = Literal["add", "add_norm", "ablate", "clamp"]
-Units = Literal["vector", "raw", "resid"]
 
 __all__ = ["Intervention", "Op", "Positions", "Steering", "Trigger", "Units", "Window", "steer"]
 
@@ -255,7 +254,9 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
             f"can be folded, and only on architectures whose MLP output enters the residual directly "
             f"({model.cfg.model_type} {'does' if can_fold else 'has post-MLP norms and does not'}); use fold='auto'"
         )
-    state = SequenceState(triggers=list(dict.fromkeys(iv.positions for iv in ivs if isinstance(iv.positions, Trigger))))  # type: ignore[misc]
+    state = SequenceState(
+        triggers=list(dict.fromkeys(iv.positions for iv in ivs if isinstance(iv.positions, Trigger)))
+    )
     handle = Steering(
         ivs,
         state,
@@ -283,8 +284,13 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
         if lens is not None and not hasattr(lens, "original_model"):
             # A HookedTransformer has its own module tree and bias tensors: every intervention runs as TL hooks.
             _, tl_layers = _plan(ivs, False, False, model.device, model.dtype)
+            # TL's generate calls forward() directly (module hooks on the lens never fire), so a chunk begins
+            # at block 0, and token ids come from the embedding call that preceded it.
+            handles.append(lens.embed.register_forward_pre_hook(lambda m, a: _tokens_tl(state, a)))
             handles.append(
-                lens.register_forward_pre_hook(lambda m, a, kw: _begin_tl(state, a, kw), with_kwargs=True)
+                lens.blocks[0].register_forward_pre_hook(
+                    lambda m, a, kw: _begin_tl(state, a, kw), with_kwargs=True
+                )
             )
             for l, steps in tl_layers.items():
                 hp = lens.blocks[l].hook_resid_post
@@ -352,11 +358,16 @@ def _begin_hf(state: SequenceState, args: tuple, kw: dict) -> None:
     state.begin(ids, ref.shape[0], ref.shape[1], offset, kw.get("attention_mask"))
 
 
+def _tokens_tl(state: SequenceState, args: tuple) -> None:
+    state.pending_tokens = args[0] if args and isinstance(args[0], Tensor) else None
+
+
 def _begin_tl(state: SequenceState, args: tuple, kw: dict) -> None:
-    tokens = kw.get("input", args[0] if args else None)
-    if not isinstance(tokens, Tensor):
-        raise SteerlensError("steering the HookedTransformer view needs token tensors as input, not strings")
-    cache = kw.get("past_kv_cache")
-    offset = int(cache.entries[0].past_keys.shape[1]) if cache is not None else 0
-    ids, key = (None, tokens) if tokens.is_floating_point() else (tokens, None)  # TL generate passes embeddings
-    state.begin(ids, tokens.shape[0], tokens.shape[1], offset, kw.get("attention_mask"), key)
+    resid = args[0] if args else kw["resid_pre"]
+    entry = kw.get("past_kv_cache_entry")
+    offset = int(entry.past_keys.shape[1]) if entry is not None else 0
+    mask = kw.get("attention_mask")
+    tokens = state.pending_tokens
+    ids = tokens if tokens is not None and tuple(tokens.shape) == tuple(resid.shape[:2]) else None
+    state.pending_tokens = None
+    state.begin(ids, resid.shape[0], resid.shape[1], offset, mask, key=resid)

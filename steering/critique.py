@@ -7,6 +7,7 @@ is chosen on the validation split, and detection is measured on a separate synth
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from steerlens.stats import Estimate, auroc, bootstrap
 
 from .apply import Intervention, steer
 from .build import vector_from_activations
-from .vector import SteeringVector
+from .vector import SteeringVector, Units
 
 SPANS = ("injected", "after", "answer")
 
@@ -62,6 +63,7 @@ def critique_vector(
     context: str = "question",
     batch_size: int = 8,
     store_dir: str | None = None,
+    overwrite: bool = False,
 ) -> CritiqueVector:
     """Probe every layer for "this reasoning holds an injected error" at ``span`` and build the vector.
 
@@ -76,7 +78,7 @@ def critique_vector(
     elif context != "prompt":
         raise SteerlensError(f"context={context!r}: expected 'question' or 'prompt'")
     sites = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
-    kw: dict[str, Any] = dict(batch_size=batch_size, progress=False)
+    kw: dict[str, Any] = dict(batch_size=batch_size, progress=False, overwrite=overwrite)
     pos_store = collect(
         model, bad, sites, f"span:{span}", path=None if store_dir is None else f"{store_dir}/corrupted", **kw
     )
@@ -112,6 +114,17 @@ def critique_vector(
             run=run.settings,
         ),
     )
+    # units="resid" means multiples of the per-token residual norm (as for every other vector): span-pooled
+    # rows are shorter than the tokens they average, so measure the norm on the training problems' tokens.
+    train_ids = {ids[i] for i in tr_bad.tolist()}
+    stores = [
+        (st, torch.tensor([ids[int(e)] in train_ids for e in st.example])) for st in (pos_store, neg_store)
+    ]
+    per_token = {
+        l: float(torch.cat([st[s][keep].norm(dim=-1) for st, keep in stores]).mean())
+        for l, s in enumerate(sites)
+    }
+    vec = dataclasses.replace(vec, resid_norms=per_token)
     settings = dict(span=span, method=method, pool=pool, seed=seed, context=context, n_pairs=n)
     y = torch.tensor(labels)[torch.as_tensor(train)]
     probe = fit_logistic(feats[sweep.best_layer][torch.as_tensor(train)], y)
@@ -283,7 +296,7 @@ def detection_sweep(
     *,
     calibration: Sequence[StepItem] = (),
     alphas: Sequence[float] = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2),
-    units: str = "resid",
+    units: Units = "resid",
     seed: int = 0,
     n_boot: int = 1000,
     batch_size: int = 16,
@@ -425,6 +438,11 @@ class CritiqueStudy:
         return out
 
 
+def resumable(run: InjectionRun, wanted: dict[str, Any]) -> bool:
+    """Whether checkpointed records were made with every setting in ``wanted`` (model, data, decoding)."""
+    return all(run.settings.get(k) == v for k, v in wanted.items())
+
+
 def critique_study(
     model: Model,
     out: str | Path | None = None,
@@ -438,7 +456,7 @@ def critique_study(
     n_detect: int = 100,
     n_calibrate: int = 60,
     alphas: Sequence[float] = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2),
-    units: str = "resid",
+    units: Units = "resid",
     n_boot: int = 1000,
     max_new_tokens: int = 64,
     formats: Sequence[str] = ("html",),
@@ -465,14 +483,13 @@ def critique_study(
         max_new_tokens=max_new_tokens,
     )
     run = InjectionRun.load(records) if records is not None and records.exists() else None
-    if run is not None and (
-        run.settings.get("seed"),
-        run.settings.get("n_problems"),
-        run.settings.get("mode"),
-        run.settings.get("shots"),
-        run.settings.get("max_new_tokens"),
-    ) != (seed, n, mode, shots, max_new_tokens):
-        run = None  # a different run's records: recompute
+    wanted = dict(
+        model=model.name, seed=seed, n_problems=n, mode=mode, shots=shots, max_new_tokens=max_new_tokens
+    )
+    fresh = run is not None and not resumable(run, wanted)
+    if fresh:
+        say(f"[critique 1/3] {records} holds another run's records ({wanted} asked): recomputing", flush=True)
+        run = None
     if run is None:
         say(f"[critique 1/3] error-injected reasoning on {n} problems ({mode})", flush=True)
         run = error_injected_reasoning(
@@ -499,6 +516,7 @@ def critique_study(
         method=method,
         seed=seed,
         store_dir=str(out_p / "activations") if out_p else None,
+        overwrite=fresh,  # stores of a replaced run hold its traces, not these
     )
     sc = cv.sweep.score(cv.layer)
     say(

@@ -39,7 +39,7 @@ from steerlens.stats import Estimate, auroc, bootstrap, mean_ci
 
 from .apply import Intervention, steer
 from .build import AGGREGATORS, vector_from_activations
-from .vector import SteeringVector
+from .vector import SteeringVector, Units
 
 RANDOM = "random"
 
@@ -389,7 +389,7 @@ class DoseResponse:
 Steered = SteeringVector | Sequence[SteeringVector] | None
 
 
-def _row_context(model: Model, vec: Steered, alphas: Sequence[float], units: str) -> Any:
+def _row_context(model: Model, vec: Steered, alphas: Sequence[float], units: Units) -> Any:
     """A batch context steering every vector in ``vec`` (together) with each row's own alpha."""
     vecs = [] if vec is None else [vec] if isinstance(vec, SteeringVector) else list(vec)
 
@@ -411,7 +411,7 @@ def questionnaire_scores(
     alphas: Sequence[float],
     qitems: Sequence[Item],
     *,
-    units: str = "resid",
+    units: Units = "resid",
     persona: str | None = None,
     batch_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -435,7 +435,7 @@ def dose_response(
     alphas: Sequence[float] = (-0.4, -0.2, 0.0, 0.2, 0.4),
     *,
     traits: Sequence[str] = TRAITS,
-    units: str = "resid",
+    units: Units = "resid",
     batch_size: int = 32,
 ) -> DoseResponse:
     """Score every trait's questionnaire while steering each of ``vectors`` (single-layer vectors, e.g.
@@ -520,7 +520,7 @@ def reaction_preference(
     test_fraction: float = 0.25,
     seed: int = 0,
     max_pairs: int = 16,
-    units: str = "resid",
+    units: Units = "resid",
     batch_size: int = 32,
 ) -> ReactionPreference:
     """Each trait vector on its own trait's held-out pairs (the split ``trait_vectors`` used), and
@@ -669,7 +669,7 @@ def capability(
     vectors: dict[str, SteeringVector],
     alpha: float,
     *,
-    units: str = "resid",
+    units: Units = "resid",
     n_problems: int = 48,
     seed: int = 0,
     mc_items: Sequence[dict[str, Any]] | None = None,
@@ -797,7 +797,7 @@ class Stability:
         return fig
 
 
-def _own_slope(model: Model, vec: SteeringVector, trait: str, alpha: float, units: str) -> Estimate:
+def _own_slope(model: Model, vec: SteeringVector, trait: str, alpha: float, units: Units) -> Estimate:
     qitems = items([trait])
     s, _ = questionnaire_scores(model, vec, (-alpha, 0.0, alpha), qitems, units=units)
     dr = DoseResponse(
@@ -812,7 +812,7 @@ def stability(
     layer: int,
     *,
     alpha: float = 0.4,
-    units: str = "resid",
+    units: Units = "resid",
     seeds: Sequence[int] = (1, 2, 3),
     methods: Sequence[str] = ("mean", "pca", "probe"),
     pairs: Sequence[tuple[str, str]] | None = None,

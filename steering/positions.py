@@ -71,8 +71,11 @@ class SequenceState:
     prompt_len: int = 0
     row_start: Tensor | None = None  # [batch] leading pad count per row
     rows: Tensor | None = None  # original batch rows still decoding (after finished rows were dropped)
-    trigger_from: dict[tuple[int, ...], Tensor] = field(default_factory=dict)  # per trigger: [batch] first hit
+    trigger_from: dict[tuple[int, ...], Tensor] = field(
+        default_factory=dict
+    )  # per trigger: [batch] first hit
     ids: Tensor | None = None  # the sequence so far, to recognise a cacheless re-run of it
+    pending_tokens: Tensor | None = None  # TransformerLens: ids embedded for the chunk about to begin
     masks: dict[object, Tensor] = field(default_factory=dict)
 
     def new_sequence(self) -> None:
@@ -115,10 +118,10 @@ class SequenceState:
         attention_mask: Tensor | None,
         key: Tensor | None = None,
     ) -> None:
-        """Place a forward chunk of ``seq`` tokens after ``offset`` cached ones. ``key`` identifies the chunk's
-        inputs when there are no ids (TransformerLens generate passes embeddings)."""
+        """Place a forward chunk of ``seq`` tokens after ``offset`` cached ones. ``key`` (default: ``ids``)
+        identifies the chunk's inputs to recognise a re-run (TransformerLens passes the block-0 residual)."""
         self.batch, self.seq, self.masks = batch, seq, {}
-        ids_or_key = ids if ids is not None else key
+        ids_or_key = key if key is not None else ids
         if offset > 0:
             if self.row_start is None:  # a decoder prefilled outside this context: its cache is the prompt
                 self.prompt_len, self.row_start, self.ids = offset, torch.zeros(batch, dtype=torch.long), None
@@ -138,7 +141,11 @@ class SequenceState:
         self.offset = offset
         for trig in self.triggers:
             if ids is None:
-                raise SteerlensError("Trigger positions need input_ids (not inputs_embeds)")
+                raise SteerlensError(
+                    "Trigger positions need the token ids of every forward chunk: not inputs_embeds, and not "
+                    "TransformerLens generate without its KV cache (it re-runs embeddings); use "
+                    "use_past_kv_cache=True or model.hf.generate"
+                )
             hit = torch.isin(ids, torch.tensor(trig.token_ids, device=ids.device))
             pos = torch.arange(offset, offset + seq, device=ids.device).expand(batch, seq)
             first = torch.where(hit, pos, torch.full_like(pos, NEVER)).min(-1).values.cpu()

@@ -13,6 +13,7 @@ every round / sample; ``per_round`` gives each sequential round its own list.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -31,7 +32,8 @@ from steerlens.sites import first_tensor
 from steerlens.stats import Estimate, bootstrap
 from steerlens.tasks import Problem, extract_answer, grade, normalize_answer
 
-from .apply import Intervention, steer
+from .apply import Intervention, Units, steer
+from .positions import Trigger, Window
 from .sampling import sample
 
 MARKER = "Answer:"
@@ -107,6 +109,9 @@ def _prompts(model: Model, problems: Sequence[Problem], shots: int) -> list[str]
     return [reasoning_prompt(model, p.question, shot_pairs) for p in problems]
 
 
+OPEN = 2**40  # "no end" for a per-row window bound
+
+
 def _steered(model: Model, ivs: Sequence[Intervention]) -> Callable[[list[int]], Any]:
     """A ``generate`` context: the interventions (per-row alphas are not supported across problems here)."""
 
@@ -119,17 +124,70 @@ def _steered(model: Model, ivs: Sequence[Intervention]) -> Callable[[list[int]],
     return ctx
 
 
-def _read_answers(
-    model: Model, texts: list[str], ivs: Sequence[Intervention], batch_size: int
-) -> list[str | None]:
-    """Force the end-of-thinking marker after each text and read the answer the model gives."""
+def _clip(iv: Intervention, prompt: list[int], lo: list[int], hi: list[int]) -> Intervention:
+    """``iv`` restricted to tokens ``lo[r] <= i < hi[r]`` of each row, with "prompt" / "generated" measured
+    from each row's original prompt length ``prompt[r]`` (a replayed round is input, not prompt)."""
+    p = iv.positions
+    if iv.per_row:
+        raise SteerlensError("sequential loops steer one alpha per intervention (rows are problems)")
+    if isinstance(p, Trigger):
+        if any(lo) or any(h < OPEN for h in hi):
+            raise SteerlensError("Trigger positions cannot be combined with per_round steering; use a Window")
+        return iv
+    if p == "prompt":
+        hi = [min(h, n) for h, n in zip(hi, prompt, strict=True)]
+    elif p == "generated":
+        lo = [max(a, n) for a, n in zip(lo, prompt, strict=True)]
+    elif isinstance(p, Window):
+        lo = [max(a, p.start if isinstance(p.start, int) else p.start[0]) for a in lo]
+        if p.end is not None:
+            hi = [min(h, p.end if isinstance(p.end, int) else p.end[0]) for h in hi]
+    end = None if all(h >= OPEN for h in hi) else tuple(hi)
+    return dataclasses.replace(iv, positions=Window(tuple(lo), end))
+
+
+class _Replay:
+    """Steering for a sequential loop that re-runs its earlier rounds as input: every token is steered as it
+    was when generated (round j's interventions on round j's tokens), whatever the current round's prefill."""
+
+    def __init__(self, model: Model, prompts: list[str]):
+        self.model = model
+        self.prompt_lens = [len(t) for t in model.tokenize(prompts)]
+        self.segments: list[tuple[list[Intervention], list[int]]] = []  # (interventions, first token per row)
+
+    def start_round(self, ivs: Sequence[Intervention], texts_before: list[str] | None) -> None:
+        """Round k's tokens start after ``texts_before`` (None: at the prompt's first token)."""
+        starts = (
+            [0] * len(self.prompt_lens)
+            if texts_before is None
+            else [len(t) for t in self.model.tokenize(texts_before)]
+        )
+        self.segments.append((list(ivs), starts))
+
+    def context(self, rows: list[int]) -> Any:
+        stack = ExitStack()
+        prompt = [self.prompt_lens[r] for r in rows]
+        ivs = []
+        for j, (seg_ivs, starts) in enumerate(self.segments):
+            lo = [starts[r] for r in rows]
+            nxt = self.segments[j + 1][1] if j + 1 < len(self.segments) else None
+            hi = [OPEN] * len(rows) if nxt is None else [nxt[r] for r in rows]
+            ivs += [_clip(iv, prompt, lo, hi) for iv in seg_ivs]
+        if ivs:
+            stack.enter_context(steer(self.model, *ivs))
+        return stack
+
+
+def _read_answers(model: Model, texts: list[str], replay: _Replay, batch_size: int) -> list[str | None]:
+    """Force the end-of-thinking marker after each text and read the answer the model gives, steered as the
+    round that wrote the text (the marker and the answer are that round's tokens)."""
     outs = generate(
         model,
         [t + MARKER for t in texts],
         max_new_tokens=8,
         batch_size=batch_size,
         stop=["\n"],
-        context=_steered(model, ivs),
+        context=replay.context,
     )
     return [extract_answer(MARKER + o) for o in outs]
 
@@ -153,11 +211,15 @@ def _sequential(
     if per_round is not None and len(per_round) != len(budgets):
         raise SteerlensError(f"per_round has {len(per_round)} entries for {len(budgets)} rounds")
     prompts = _prompts(model, problems, shots)
+    replay = _Replay(model, prompts)
     thinking = [""] * len(problems)
     rounds: list[list[Round]] = [[] for _ in problems]
     for k, budget in enumerate(budgets):
         ivs = list(per_round[k]) if per_round is not None else list(interventions)
-        starts = [p + t + (cues[k - 1] if k > 0 else "") for p, t in zip(prompts, thinking, strict=True)]
+        before = [p + t for p, t in zip(prompts, thinking, strict=True)]
+        if k == 0 or per_round is not None:  # one set of interventions throughout: one open segment
+            replay.start_round(ivs, None if k == 0 else before)
+        starts = [b + (cues[k - 1] if k > 0 else "") for b in before]
         stop = [MARKER, "Question:", "\n\n"] if stop_at_marker else ["Question:", "\n\n"]
         gens = generate_detailed(
             model,
@@ -165,11 +227,11 @@ def _sequential(
             max_new_tokens=budget,
             batch_size=batch_size,
             stop=stop,
-            context=_steered(model, ivs),
+            context=replay.context,
             min_tokens=min(min_tokens, budget) if k > 0 else 0,
         )
         texts = [s + g.text for s, g in zip(starts, gens, strict=True)]
-        answers = _read_answers(model, texts, ivs, batch_size)
+        answers = _read_answers(model, texts, replay, batch_size)
         for i, (g, ans) in enumerate(zip(gens, answers, strict=True)):
             rounds[i].append(Round(g.text, ans, grade(ans, problems[i].answer), g.tokens, g.exhausted))
             thinking[i] = texts[i][len(prompts[i]) :]
@@ -535,14 +597,23 @@ def scaling_study(
     rounds: int = 2,
     budget: int = 64,
     alpha: float = 0.1,
-    units: str = "resid",
+    units: Units = "resid",
     probe: Any = None,
+    probe_layer: int | None = None,
     formats: Sequence[str] = ("html",),
     progress: bool = True,
 ) -> ScalingComparison:
     """Parallel (majority over N) and sequential ("Wait" rounds) scaling on held-out synthetic problems for
     three conditions: unsteered, steered with ``vector`` at ``layer`` on generated tokens, and steered with a
-    random direction of equal norm (the control). With ``out``: ``tts.json`` and the figure in ``formats``."""
+    random direction of equal norm (the control). With ``out``: ``tts.json`` and the figure in ``formats``.
+
+    ``probe`` (e.g. the critique probe) scores samples for best-of-N at ``probe_layer``, the layer it was
+    fitted on, which need not be the steering ``layer``."""
+    if probe is not None and probe_layer is None:
+        raise SteerlensError(
+            "probe given without probe_layer: a probe only means something at the layer it was fitted on "
+            "(Logistic.load returns it in the metadata as 'layer')"
+        )
     from steerlens.figures import save_figures
     from steerlens.files import write_json
     from steerlens.tasks import arithmetic_problems
@@ -560,7 +631,7 @@ def scaling_study(
     par, seq = {}, {}
     for name, ivs in conditions.items():
         say(f"      {name}: {n} samples x {n_problems} problems, then {rounds} 'Wait' rounds", flush=True)
-        verifier = probe_verifier(model, probe, layer) if probe is not None else None
+        verifier = probe_verifier(model, probe, probe_layer) if probe is not None else None  # type: ignore[arg-type]
         par[name] = parallel(model, problems, n=n, seed=seed, interventions=ivs, verifier=verifier)
         seq[name] = wait_stacking(model, problems, rounds=rounds, budget=budget, interventions=ivs)
     settings = dict(
@@ -573,6 +644,7 @@ def scaling_study(
         alpha=alpha,
         units=units,
         layer=layer,
+        probe_layer=probe_layer,
     )
     comp = ScalingComparison(par, seq, settings)
     if out is not None:

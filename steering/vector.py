@@ -11,20 +11,22 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.errors import SteerlensError, StoreMismatch
-from steerlens.files import atomic_write
+from steerlens.files import atomic_write, reading
 
 if TYPE_CHECKING:
     from steerlens.model import Model
 
 FORMAT = "steerlens.vector/1"
-UNITS = ("vector", "raw", "resid")
+Units = Literal["vector", "raw", "resid"]
+UNITS: tuple[Units, ...] = ("vector", "raw", "resid")
+_REBUILD = "Save the vector again (SteeringVector.save) or rebuild it with steerlens.steering.build_vector"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class SteeringVector:
             f"d_model={self.d_model})"
         )
 
-    def scale(self, layer: int, units: str) -> float:
+    def scale(self, layer: int, units: Units) -> float:
         """Length of one coefficient unit at ``layer``: 1 ("raw"), the raw norm ("vector"), the mean residual
         norm ("resid", so alphas compare across layers and models)."""
         if units == "raw":
@@ -228,7 +230,10 @@ class SteeringVector:
         path = Path(path)
         if path.suffix == ".gguf":
             raise SteerlensError(f"{path} is a GGUF file; use SteeringVector.from_gguf(path, model)")
-        with safe_open(str(path), framework="pt") as f:
+        with (
+            reading(path, "steerlens vector (safetensors)", _REBUILD),
+            safe_open(str(path), framework="pt") as f,
+        ):
             raw_meta = (f.metadata() or {}).get("steerlens")
             if raw_meta is None:
                 raise SteerlensError(f"{path} is a safetensors file without steerlens vector metadata")
@@ -252,7 +257,7 @@ class SteeringVector:
         return vec
 
     def to_gguf(
-        self, path: str | Path, alpha: float = 1.0, units: str = "vector", model_hint: str = ""
+        self, path: str | Path, alpha: float = 1.0, units: Units = "vector", model_hint: str = ""
     ) -> Path:
         """Export as a llama.cpp control vector: ``direction.{l}`` holds the vector added to layer ``l``'s output.
 
@@ -297,7 +302,8 @@ class SteeringVector:
         with alpha 1 reproduces the file). steerlens' own exports round-trip their metadata too."""
         import gguf
 
-        reader = gguf.GGUFReader(str(path))
+        with reading(path, "llama.cpp control vector (GGUF)", _REBUILD):
+            reader = gguf.GGUFReader(str(path))
         fields = {f.name: f for f in reader.fields.values()}
 
         def field_str(name: str) -> str | None:

@@ -97,11 +97,17 @@ def _tts(args: argparse.Namespace) -> int:
         )
     layer = args.layer if args.layer is not None else int(read_json(metrics)["probe"]["chosen_layer"])
     model = load(args.model)
-    probe = None
+    probe, probe_layer = None, None
     if (crit / "critique_probe.safetensors").exists():  # best-of-N with the critique probe as verifier
         from steerlens.probes.linear import Logistic
 
-        probe = Logistic.load(crit / "critique_probe.safetensors")[0]
+        probe, meta = Logistic.load(crit / "critique_probe.safetensors")
+        if "layer" not in meta:
+            raise SteerlensError(
+                f"{crit / 'critique_probe.safetensors'} does not record the layer it was fitted on; rerun "
+                f"`steerlens critique --out {crit}`"
+            )
+        probe_layer = int(meta["layer"])  # the probe reads its own layer, whatever --layer steers
     comp = scaling_study(
         model,
         SteeringVector.load(vec_path, model=model),
@@ -113,6 +119,7 @@ def _tts(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         seed=args.seed,
         probe=probe,
+        probe_layer=probe_layer,
     )
     print(f"wrote {args.out}/tts.json and tts_curves.html ({len(comp.parallel)} conditions)")
     return 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import SteerlensError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -36,4 +39,23 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    with reading(path, "JSON file", "rewrite it, or delete it and run the step that makes it again"):
+        return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str, fix: str) -> Iterator[None]:
+    """Turn what a library raises on a missing, truncated or foreign file into a ``SteerlensError`` that
+    names the file, what it should have been and ``fix``; steerlens' own errors pass through unchanged."""
+    try:
+        yield
+    except SteerlensError:
+        raise
+    except FileNotFoundError as e:
+        raise SteerlensError(f"{path} does not exist (expected a {what}); {fix}") from e
+    except Exception as e:  # safetensors, gguf, json and struct each raise their own types
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise SteerlensError(
+            f"{path} is not a readable {what} ({type(e).__name__}: {first}); it is truncated, corrupt or another "
+            f"format. {fix}"
+        ) from e

@@ -245,6 +245,13 @@ def load(
             f"could not load {name_or_path!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). Without "
             f"network access use an embedded model ({', '.join(EMBEDDED)}) or a local directory"
         ) from e
+    except Exception as e:  # a truncated or foreign checkpoint: safetensors / json raise their own types
+        if name_or_path not in EMBEDDED:
+            raise
+        raise ModelNotAvailable(
+            f"the cached checkpoint of {name_or_path!r} in {source} is unreadable ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:200]}); delete that directory and load again to rebuild it"
+        ) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Model(name_or_path, hf, tokenizer, tl_name=tl_name, lens_kind=lens_kind)

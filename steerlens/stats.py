@@ -84,17 +84,32 @@ def bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Sequence[object] | None = None,
 ) -> Estimate:
     """Percentile bootstrap of ``stat(indices)`` over items resampled with replacement (seeded).
 
     ``stat`` receives an index array into the caller's data, so paired quantities (e.g. the same items
     scored at two alphas) are resampled together. Resamples where ``stat`` is NaN are dropped.
+
+    ``groups`` (one label per item) resamples whole groups instead of items: rows that are not independent
+    (the clean and the corrupted trace of one problem) stay together, so the interval reflects the number of
+    problems, not of rows. ``Estimate.n`` is then the number of groups.
     """
     if n_items < 1:
         raise EmptyInput("bootstrap over zero items")
     rng = np.random.default_rng(seed)
     point = float(stat(np.arange(n_items)))
-    reps = np.array([stat(rng.integers(0, n_items, n_items)) for _ in range(n_boot)], dtype=np.float64)
+    if groups is not None:
+        if len(groups) != n_items:
+            raise SteerlensError(f"groups has {len(groups)} labels for {n_items} items; pass one per item")
+        labels = list(dict.fromkeys(groups))
+        where = {g: k for k, g in enumerate(labels)}
+        members = [np.flatnonzero(np.array([where[g] for g in groups]) == k) for k in range(len(labels))]
+        draws = (rng.integers(0, len(labels), len(labels)) for _ in range(n_boot))
+        reps = np.array([stat(np.concatenate([members[k] for k in d])) for d in draws], dtype=np.float64)
+        n_items = len(labels)
+    else:
+        reps = np.array([stat(rng.integers(0, n_items, n_items)) for _ in range(n_boot)], dtype=np.float64)
     reps = reps[np.isfinite(reps)]
     if len(reps) == 0:
         return Estimate(point, float("nan"), float("nan"), n_items)

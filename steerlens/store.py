@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .errors import EmptyInput, SteerlensError, StoreMismatch
-from .files import atomic_write, read_json, write_json
+from .files import atomic_write, read_json, reading, write_json
 
 if TYPE_CHECKING:
     from .model import Model
@@ -46,6 +46,12 @@ _DTYPES = {
 
 def mmap_safetensors(path: str | Path) -> dict[str, Tensor]:
     """All tensors of a safetensors file as zero-copy views of a private memory map (pages load on touch)."""
+    fix = "collect into a fresh path, or pass overwrite=True to collect() to rebuild the store"
+    with reading(path, "activation-store shard (safetensors)", fix):
+        return _mmap_safetensors(path)
+
+
+def _mmap_safetensors(path: str | Path) -> dict[str, Tensor]:
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     (header_len,) = struct.unpack("<Q", mm[:8])
@@ -58,6 +64,10 @@ def mmap_safetensors(path: str | Path) -> dict[str, Tensor]:
         dtype = _DTYPES[info["dtype"]]
         start, end = info["data_offsets"]
         count = (end - start) // torch.empty((), dtype=dtype).element_size()
+        if base + end > len(mm):
+            raise SteerlensError(
+                f"{path} is truncated: tensor {name!r} ends at byte {base + end} of {len(mm)}"
+            )
         flat = (
             torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start)
             if count

@@ -136,12 +136,13 @@ _ANSWER_PATTERNS = [
 def extract_answer(text: str) -> str | None:
     """The final answer stated in ``text`` ("Answer: N", "#### N", \\boxed{...}, "the answer is N"), or None.
 
-    Only an explicit answer marker counts: a trailing number in free text is not taken as an answer.
+    Only an explicit answer marker counts: a trailing number in free text is not taken as an answer. Where a
+    text states several (a first answer, then a revised one after "Wait"), the last one counts.
     """
     for pat in _ANSWER_PATTERNS:
-        m = pat.search(text)
-        if m:
-            return m.group(1).strip()
+        found = list(pat.finditer(text))
+        if found:
+            return found[-1].group(1).strip()
     return None
 
 

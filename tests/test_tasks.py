@@ -44,6 +44,10 @@ def test_solution_with_error_propagates_or_not():
         ("the value is \\boxed{\\frac{3}{4}}.", "\\frac{3}{4}"),
         ("Therefore the answer is 17.", "17"),
         ("no marker here 12", None),
+        (
+            "Answer: 12\nWait, let me check each step again.\nStep 1: 5 + 8 = 13\nAnswer: 13",
+            "13",
+        ),  # the last one
     ],
 )
 def test_extract_answer(text, expected):

@@ -55,3 +55,22 @@ def test_probe_sweep_with_shuffled_control(equation_features):
     assert set(sweep.to_frame().columns) >= {"auroc", "shuffled_auroc", "val_auroc", "brier", "ece"}
     fig = sweep.figure()
     assert len(fig.data) >= 2
+
+
+def test_auroc_interval_resamples_problems_not_rows(equation_features):
+    """Item 8: two rows of one problem are one unit. With each problem's rows duplicated, the grouped interval
+    equals the row interval of the undoubled data (same draws), where a row bootstrap would shrink it."""
+    from steerlens.stats import auroc, bootstrap
+
+    feats, labels, groups = equation_features
+    sweep = probe_layers(feats, labels, groups, seed=0, n_boot=200)
+    doubled = {l: torch.cat([x, x]) for l, x in feats.items()}
+    sweep2 = probe_layers(doubled, labels + labels, groups + groups, seed=0, n_boot=200)
+    for a, b in zip(sweep.scores, sweep2.scores, strict=True):
+        assert b.n_test == 2 * a.n_test
+        assert (b.auroc, b.auroc_lo, b.auroc_hi) == pytest.approx((a.auroc, a.auroc_lo, a.auroc_hi), abs=1e-9)
+    p, y = np.random.default_rng(0).random(40), np.array([0, 1] * 20)
+    g = list(range(40))
+    rows = bootstrap(lambda i: auroc(p[i], y[i]), 40, n_boot=300, seed=1)
+    grouped = bootstrap(lambda i: auroc(np.r_[p, p][i], np.r_[y, y][i]), 80, n_boot=300, seed=1, groups=g + g)
+    assert grouped.n == 40 and (grouped.lo, grouped.hi) == pytest.approx((rows.lo, rows.hi))

@@ -28,6 +28,21 @@ def test_inject_error_is_seeded_and_local():
     assert inject_error("Step 1: 3 + 4 = 7\nAnswer: 7", random.Random(0)) is None
 
 
+def test_injection_never_writes_a_correct_value():
+    """Item 9: where the model slipped (3 + 4 = 8), the "error" could be 7, the true result."""
+    slipped = "Step 1: 3 + 4 = 8\nStep 2: 8 + 5 = 13\nStep 3: 13 + 2 = 15\nAnswer: 15"
+    wrongs = {
+        inject_error(slipped, random.Random(k), step=0, truths=[7, 12, 14])[1].wrong for k in range(300)
+    }
+    assert 7 not in wrongs and 8 not in wrongs and len(wrongs) >= 6
+    # the written equation's own true result is refused even without the problem's ground truth
+    assert 7 not in {inject_error(slipped, random.Random(k), step=0)[1].wrong for k in range(300)}
+    # and the problem's truth when the equation is self-consistent but off the chain (8 + 5 = 13, truth 12)
+    assert 12 not in {
+        inject_error(slipped, random.Random(k), step=1, truths=[7, 12, 14])[1].wrong for k in range(300)
+    }
+
+
 @pytest.mark.parametrize(
     ("continuation", "category", "next_uses"),
     [

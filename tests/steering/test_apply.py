@@ -226,6 +226,7 @@ def test_same_spec_through_lens_and_nnsight(model, smol_vec, gemma_vec):
     ids = ids_of(model)
     assert model.lens is not None  # build the view before entering, so steer() can reach it
     iv = Intervention(vec, alpha=[1.0], positions="generated")
+    lens_plain = model.lens(ids)
     with steer(model, vec, alpha=1.0, positions=Window(1)):
         hf = model.hf(ids).logits
         lens = model.lens(ids)
@@ -234,8 +235,9 @@ def test_same_spec_through_lens_and_nnsight(model, smol_vec, gemma_vec):
     assert (lens - hf).abs().max().item() <= 1e-4
     assert (nn_out.logits - hf).abs().max().item() <= 1e-4
     assert (hf - model.hf(ids).logits).abs().max().item() > 1e-2
+    assert (lens - lens_plain).abs().max().item() > 1e-2  # the lens view was steered too
     with steer(model, iv):  # nothing generated in a plain forward: identical to unsteered
-        assert torch.equal(model.lens(ids), model.lens(ids))
+        assert torch.equal(model.lens(ids), lens_plain)
 
 
 @pytest.mark.slow

@@ -32,6 +32,40 @@ def test_vector_uses_training_split_only(smol, run, cv):
     assert abs(cv.at_layer.directions[cv.layer].norm().item() - 1) < 1e-5
 
 
+def test_resid_units_are_per_token_norms(smol, run, cv):
+    """Item 10: the vector is built from span-pooled rows, but units="resid" must be the per-token residual
+    norm (pooled rows are shorter), as for every other vector, so alphas compare across vectors."""
+    bad, good, ids = trace_examples(run)
+    from steerlens.steering.critique import _requestion
+
+    train_ids = {ids[i] for i in group_split(ids + ids, (0.6, 0.2, 0.2), 0)[0] if i < len(ids)}
+    layer = cv.layer
+    site = f"blocks.{layer}.hook_resid_post"
+    import steerlens
+
+    rows = []
+    for exs in (_requestion(bad, run, ids), _requestion(good, run, ids)):
+        store = steerlens.collect(smol, exs, site, "span:answer", progress=False)
+        keep = torch.tensor([ids[int(e)] in train_ids for e in store.example])
+        rows.append(store[site][keep])
+    per_token = float(torch.cat(rows).norm(dim=-1).mean())
+    assert cv.vector.resid_norms[layer] == pytest.approx(per_token, rel=1e-5)
+
+
+def test_resume_checks_model_data_and_decoding(run):
+    """Item 10: checkpointed records are reused only when model, n, seed, mode, shots and budget all match."""
+    from steerlens.steering.critique import resumable
+
+    same = dict(
+        model="smollm2-135m-instruct", seed=1, n_problems=30, mode="templated", shots=4, max_new_tokens=40
+    )
+    assert resumable(run, same)
+    for k, v in dict(
+        model="gemma-3-270m", seed=2, n_problems=31, mode="generated", shots=3, max_new_tokens=64
+    ).items():
+        assert not resumable(run, {**same, k: v}), k
+
+
 def test_detection_sweep_controls(smol, cv):
     items = synthetic_detection_set(10, seed=9)
     ds = detection_sweep(smol, cv, items, alphas=(-0.1, 0.0, 0.1), n_boot=50)

@@ -161,6 +161,94 @@ def test_parallel_steered_runs(smol, smol_vec, problems):
         interventions=[Intervention(vec, alpha=0.1, units="resid", positions="generated")],
     )
     assert again.answers == res.answers  # seeded
+    plain = parallel(smol, problems[:2], n=4, max_new_tokens=20)
+    strong = parallel(
+        smol,
+        problems[:2],
+        n=4,
+        max_new_tokens=20,
+        interventions=[Intervention(vec, alpha=1.0, units="resid", positions="generated")],
+    )
+    assert strong.tokens != plain.tokens or strong.answers != plain.answers  # the steering acts, same seeds
+
+
+def _thinking(smol, problems):
+    from steerlens.steering.tts import _prompts
+
+    prompt = _prompts(smol, problems[:1], 3)[0]
+    return prompt, "Step 1: 3 + 4 = 7\nStep 2: 7 + 2 = 9"
+
+
+def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems):
+    """Item 5: a later round re-runs the earlier thinking as input; with positions="generated" it used to run
+    unsteered. Every token after the original prompt (thinking, cue, "Answer:") must be steered, as the
+    reference (positions from the explicit prompt length) steers them."""
+    import torch
+    from steerlens.steering import steer
+    from steerlens.steering.tts import MARKER, _Replay
+
+    from .reference import hf_reference
+
+    prompt, thinking = _thinking(smol, problems)
+    iv = Intervention(smol_vec.select([6, 12]), alpha=0.5, units="resid", positions="generated")
+    replay = _Replay(smol, [prompt])
+    replay.start_round([iv], None)
+    ids = torch.tensor(smol.tokenize(prompt + thinking + WAIT + "Step 1" + MARKER))
+    with replay.context([0]):
+        got = smol.hf(ids).logits
+    ref = hf_reference(smol, [iv], ids, torch.ones_like(ids), [replay.prompt_lens[0]])
+    assert (got - ref).abs().max() <= 1e-4
+    with steer(smol, iv):  # what the loop did before: the replay is all prompt, so nothing is steered
+        old = smol.hf(ids).logits
+    assert (old - ref).abs().max() > 1e-1
+
+
+def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, problems):
+    import torch
+    from steerlens.steering import Window
+    from steerlens.steering.tts import _Replay
+
+    from .reference import hf_reference
+
+    prompt, thinking = _thinking(smol, problems)
+    vec = smol_vec.select([8])
+    first = Intervention(vec, alpha=0.4, units="resid", positions="generated")
+    second = Intervention(vec.random_like(1), alpha=0.6, units="resid", positions="all")
+    replay = _Replay(smol, [prompt])
+    replay.start_round([first], None)
+    replay.start_round([second], [prompt + thinking])
+    ids = torch.tensor(smol.tokenize(prompt + thinking + WAIT + "Step"))
+    cut = len(smol.tokenize(prompt + thinking)[0])
+    with replay.context([0]):
+        got = smol.hf(ids).logits
+    ref_ivs = [
+        Intervention(vec, alpha=0.4, units="resid", positions=Window(replay.prompt_lens[0], cut)),
+        Intervention(vec.random_like(1), alpha=0.6, units="resid", positions=Window(cut)),
+    ]
+    ref = hf_reference(smol, ref_ivs, ids, torch.ones_like(ids), [len(ids[0])])
+    assert (got - ref).abs().max() <= 1e-4
+
+
+def test_scaling_study_reads_the_probe_at_its_own_layer(smol, smol_vec, problems, monkeypatch):
+    """Item 7: `steerlens tts --layer X` used to score best-of-N with the critique probe read at X."""
+    import torch
+    from steerlens.probes.linear import fit_logistic
+    from steerlens.steering import tts
+
+    probe = fit_logistic(
+        torch.randn(20, smol.cfg.d_model, generator=torch.Generator().manual_seed(0)), [0, 1] * 10
+    )
+    seen = []
+    real = tts.probe_verifier
+    monkeypatch.setattr(tts, "probe_verifier", lambda m, p, layer: seen.append(layer) or real(m, p, layer))
+    with pytest.raises(SteerlensError, match="probe_layer"):
+        tts.scaling_study(
+            smol, smol_vec, 10, n_problems=1, n=1, rounds=0, budget=4, probe=probe, progress=False
+        )
+    comp = tts.scaling_study(
+        smol, smol_vec, 10, n_problems=1, n=1, rounds=0, budget=4, probe=probe, probe_layer=20, progress=False
+    )
+    assert seen == [20, 20, 20] and comp.settings["probe_layer"] == 20
 
 
 def test_probe_verifier_matches_the_probe_on_collected_activations(smol, tmp_path):

@@ -113,3 +113,42 @@ def test_validation(smol, gemma, smol_vec):
         far.check_model(smol)
     with pytest.raises(SteerlensError, match="no 'resid' scale"):
         dataclasses.replace(smol_vec, resid_norms={}).scale(3, "resid")
+
+
+def test_truncated_or_foreign_files_raise_steerlens_errors(smol, smol_vec, tmp_path):
+    """Item 10: every loader names the file and the fix instead of raising a library's raw error."""
+    import numpy as np
+    from steerlens.probes.linear import Logistic, fit_logistic
+    from steerlens.probes.traces import InjectionRun
+
+    import steerlens
+
+    def chop(path, keep=0.5):
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+        return path
+
+    vec = chop(smol_vec.save(tmp_path / "v.safetensors"))
+    with pytest.raises(SteerlensError, match=r"v\.safetensors is not a readable steerlens vector"):
+        SteeringVector.load(vec)
+    gguf = chop(smol_vec.select([3, 4]).to_gguf(tmp_path / "v.gguf"))
+    with pytest.raises(SteerlensError, match=r"v\.gguf is not a readable llama.cpp control vector"):
+        SteeringVector.from_gguf(gguf)
+    x = torch.tensor(np.random.default_rng(0).normal(size=(20, 4)))
+    probe = chop(fit_logistic(x, [0, 1] * 10).save(tmp_path / "p.safetensors"))
+    with pytest.raises(SteerlensError, match=r"p\.safetensors is not a readable steerlens probe"):
+        Logistic.load(probe)
+    store = steerlens.collect(
+        smol, ["a b c"], "blocks.2.hook_resid_post", path=tmp_path / "s", progress=False
+    )
+    chop(store.path / "shard-00000.safetensors", 0.7)
+    with pytest.raises(SteerlensError, match=r"shard-00000\.safetensors is .*truncated"):
+        steerlens.ActivationStore(store.path)["blocks.2.hook_resid_post"]
+    chop(store.path / "manifest.json")
+    with pytest.raises(SteerlensError, match=r"manifest\.json is not a readable JSON file"):
+        steerlens.ActivationStore(store.path)
+    (tmp_path / "r.jsonl").write_text('{"settings": {}}\n{"id": "x", "trunc')
+    with pytest.raises(SteerlensError, match=r"r\.jsonl is not a readable InjectionRun"):
+        InjectionRun.load(tmp_path / "r.jsonl")
+    with pytest.raises(SteerlensError, match="does not exist"):
+        SteeringVector.load(tmp_path / "missing.safetensors")
