@@ -25,6 +25,7 @@ install: $(STAMP)
 # Peers we cross-check against (tests/steering/test_peer.py skips without them) and benchmark against.
 peers: $(STAMP)
 	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2   # pins transformers<5 but runs beside 5.x
+	$(PY) -m pip install -q -c requirements/constraints.txt scikit-learn   # steering-vectors imports it
 
 demo: $(STAMP)
 	$(VENV)/bin/steerlens demo
@@ -36,5 +37,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 bench: peers
-	$(PY) -m pip install -q -c requirements/constraints.txt scikit-learn
 	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py

@@ -182,7 +182,7 @@ def test_steer_equals_reference(model, vectors):
         deadline=None,
         database=None,
         derandomize=False,
-        phases=[Phase.explicit, Phase.generate],  # no shrinking: each case costs forwards; the seed replays it
+        phases=[Phase.explicit, Phase.generate],  # no shrinking (costly forwards): the seed replays it
         suppress_health_check=list(HealthCheck),
     )
     @given(data=st.data())

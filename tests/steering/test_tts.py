@@ -144,31 +144,16 @@ def test_iterative_deepening_budgets_grow(smol, problems):
 
 def test_parallel_steered_runs(smol, smol_vec, problems):
     vec = smol_vec.select([10])
-    res = parallel(
-        smol,
-        problems[:2],
-        n=4,
-        max_new_tokens=20,
-        interventions=[Intervention(vec, alpha=0.1, units="resid", positions="generated")],
-    )
+
+    def run(alpha):
+        ivs = [Intervention(vec, alpha=alpha, units="resid", positions="generated")] if alpha else []
+        return parallel(smol, problems[:2], n=4, max_new_tokens=20, interventions=ivs)
+
+    res = run(0.1)
     assert len(res.answers) == 2 and all(len(a) == 4 for a in res.answers)
     assert res.settings["steered"]
-    again = parallel(
-        smol,
-        problems[:2],
-        n=4,
-        max_new_tokens=20,
-        interventions=[Intervention(vec, alpha=0.1, units="resid", positions="generated")],
-    )
-    assert again.answers == res.answers  # seeded
-    plain = parallel(smol, problems[:2], n=4, max_new_tokens=20)
-    strong = parallel(
-        smol,
-        problems[:2],
-        n=4,
-        max_new_tokens=20,
-        interventions=[Intervention(vec, alpha=1.0, units="resid", positions="generated")],
-    )
+    assert run(0.1).answers == res.answers  # seeded
+    plain, strong = run(None), run(1.0)
     assert strong.tokens != plain.tokens or strong.answers != plain.answers  # the steering acts, same seeds
 
 
