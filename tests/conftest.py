@@ -1,5 +1,8 @@
 """Shared fixtures: each embedded model is loaded once per test session (real weights, no mocks)."""
 
+import os
+import random
+
 import pytest
 import torch
 
@@ -30,3 +33,20 @@ def smol() -> steerlens.Model:
 @pytest.fixture(scope="session", params=["gemma-3-270m", "smollm2-135m-instruct"])
 def model(request, gemma, smol) -> steerlens.Model:
     return {"gemma-3-270m": gemma, "smollm2-135m-instruct": smol}[request.param]
+
+
+def _property_seed() -> str:
+    return os.environ.setdefault("STEERLENS_PROPERTY_SEED", str(random.SystemRandom().randrange(2**31)))
+
+
+def pytest_report_header(config):
+    """The randomized property test's seed, chosen before any test runs (shown without -q)."""
+    return f"steerlens property test seed: {_property_seed()}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """...and repeated at the end, also under -q, so a failed CI run can be replayed."""
+    seed = _property_seed()
+    terminalreporter.write_line(
+        f"steerlens property test seed: {seed} (STEERLENS_PROPERTY_SEED={seed} replays it)"
+    )
