@@ -18,7 +18,6 @@ from .circuits import (
 )
 from .copy_suppression import (
     CopySuppressionReport,
-    add_copy_suppression_parser,
     copy_suppression_main,
     copy_suppression_report,
 )
@@ -54,7 +53,6 @@ __all__ = [
     "Run",
     "SelfRepair",
     "TokenSet",
-    "add_copy_suppression_parser",
     "anti_induction",
     "check_additivity",
     "copy_suppression_main",

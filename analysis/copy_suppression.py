@@ -200,7 +200,7 @@ def copy_suppression_report(
 # ---- command line --------------------------------------------------------------------------------------
 
 
-def add_copy_suppression_parser(sub: Any) -> argparse.ArgumentParser:
+def register(sub: Any) -> argparse.ArgumentParser:
     """Register ``steerlens copy-suppression`` on an argparse subparsers object."""
     p = sub.add_parser(
         "copy-suppression",

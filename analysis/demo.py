@@ -256,3 +256,20 @@ def run_demo(
         f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f"; FAILED steps: {failed}" if failed else "")
     )
     return path, sections
+
+
+def register(sub: Any) -> None:
+    """``steerlens demo``: registered through the ``steerlens.commands`` entry point."""
+    from steerlens.registry import DEFAULT_MODEL
+
+    p = sub.add_parser("demo", help="the main job: every analysis on the embedded models, one HTML report")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="critique, scaling and personality")
+    p.add_argument("--copy-model", default=DEFAULT_MODEL, help="copy-suppression analysis")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in a few minutes")
+    p.set_defaults(func=_main)
+
+
+def _main(args: Any) -> int:
+    _, sections = run_demo(args.out, model=args.model, copy_model=args.copy_model, quick=args.quick)
+    return 1 if any(s.error for s in sections) else 0

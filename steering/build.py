@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float
-from steerlens.probes.linear import fit_logistic
 from torch import Tensor
 
 from steerlens.collect import collect
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.model import Model
+from steerlens.probes.linear import fit_logistic
 from steerlens.store import ActivationStore
 
 from .vector import SteeringVector

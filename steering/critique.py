@@ -7,8 +7,10 @@ is chosen on the validation split, and detection is measured on a separate synth
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from steerlens.probes.detection import earliest_error, step_p_true, synthetic_detection_set
-from steerlens.probes.linear import LayerSweep, Logistic, fit_logistic, group_split, probe_layers
-from steerlens.probes.scoring import StepItem, processbench_score
-from steerlens.probes.traces import InjectionRun, error_injected_reasoning, trace_examples
 
 from steerlens.collect import collect
 from steerlens.errors import SteerlensError
@@ -27,6 +25,10 @@ from steerlens.figures import GREY, PALETTE, line_with_band, new_figure, save_fi
 from steerlens.files import write_json
 from steerlens.inputs import Example
 from steerlens.model import Model
+from steerlens.probes.detection import earliest_error, step_p_true, synthetic_detection_set
+from steerlens.probes.linear import LayerSweep, Logistic, fit_logistic, group_split, probe_layers
+from steerlens.probes.scoring import StepItem, processbench_score
+from steerlens.probes.traces import InjectionRun, error_injected_reasoning, trace_examples
 from steerlens.stats import Estimate, auroc, bootstrap
 
 from .apply import Intervention, steer
@@ -536,3 +538,43 @@ def critique_study(
     if out_p is not None:
         study.save(out_p, formats)
     return study
+
+
+# ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
+
+
+def register(sub: Any) -> None:
+    """Add this study's subcommand to the ``steerlens`` CLI."""
+    p = sub.add_parser(
+        "critique", help="error-injected reasoning, probes, critique vector, detection vs alpha"
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--out", default="runs/critique")
+    p.add_argument("--n", type=int, default=200, help="synthetic problems for error injection")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=["generated", "templated"], default="generated")
+    p.add_argument("--span", choices=["injected", "after", "answer"], default="answer")
+    p.add_argument("--method", choices=["mean", "pca", "probe"], default="mean")
+    p.add_argument("--n-detect", type=int, default=100, help="held-out error-detection items")
+    p.add_argument("--alphas", default="-0.2,-0.1,-0.05,0,0.05,0.1,0.2", help="in residual-norm units")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from steerlens import load
+    from steerlens.steering.critique import critique_study
+
+    t0 = time.perf_counter()
+    study = critique_study(
+        load(args.model),
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        mode=args.mode,
+        span=args.span,
+        method=args.method,
+        n_detect=args.n_detect,
+        alphas=[float(a) for a in args.alphas.split(",")],
+    )
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s: {study.detection.verdict()}")
+    return 0

@@ -10,8 +10,10 @@ steered beside the traits as the control.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -21,6 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Float
+from torch import Tensor
+
+from steerlens.errors import EmptyInput, SteerlensError
+from steerlens.figures import GREY, PALETTE, bars_with_ci, line_with_band, new_figure
+from steerlens.inputs import Example
+from steerlens.model import Model
 from steerlens.probes.personality_data import (
     PERSONAS,
     TRAITS,
@@ -29,12 +37,6 @@ from steerlens.probes.personality_data import (
     contrast_pairs,
 )
 from steerlens.probes.questionnaire import Item, administer, item_prompt, items, keyed_scores
-from torch import Tensor
-
-from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.figures import GREY, PALETTE, bars_with_ci, line_with_band, new_figure
-from steerlens.inputs import Example
-from steerlens.model import Model
 from steerlens.stats import Estimate, auroc, bootstrap, mean_ci
 
 from .apply import Intervention, steer
@@ -1092,3 +1094,50 @@ def personality_study(
     if out is not None:
         study.save(out)
     return study
+
+
+# ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
+
+
+def register(sub: Any) -> None:
+    """Add this study's subcommand to the ``steerlens`` CLI."""
+    p = sub.add_parser(
+        "personality", help="Big Five trait vectors, questionnaire dose-response, leakage, prompting baseline"
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--out", default="runs/personality")
+    p.add_argument("--traits", default="openness,conscientiousness,extraversion,agreeableness,neuroticism")
+    p.add_argument("--alphas", default="-0.5,-0.25,0,0.25,0.5", help="in residual-norm units")
+    p.add_argument("--method", choices=["mean", "pca", "probe"], default="mean")
+    p.add_argument(
+        "--layer", type=int, default=None, help="default: best held-out separability, middle layers"
+    )
+    p.add_argument("--mc", default=None, help="multiple-choice JSONL for the side-effect check")
+    p.add_argument(
+        "--no-stability", action="store_true", help="skip the method / split / pair stability runs"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from steerlens import load
+    from steerlens.steering.personality import load_multiple_choice, personality_study
+
+    t0 = time.perf_counter()
+    study = personality_study(
+        load(args.model),
+        args.out,
+        traits=args.traits.split(","),
+        alphas=[float(a) for a in args.alphas.split(",")],
+        method=args.method,
+        layer=args.layer,
+        seed=args.seed,
+        mc_items=load_multiple_choice(args.mc) if args.mc else None,
+        with_stability=not args.no_stability,
+    )
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s (steering layer {study.vectors.layer})")
+    for t, row in study.summary().items():
+        e = row["steering_slope"]
+        print(f"  {t:18s} slope {e['value']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]  {row['verdict']}")
+    return 0

@@ -13,6 +13,7 @@ every round / sample; ``per_round`` gives each sequential round its own list.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from steerlens.probes.traces import few_shot, reasoning_prompt, shot_problems
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import PALETTE, line_with_band, new_figure
 from steerlens.generation import generate, generate_detailed
 from steerlens.model import Model
+from steerlens.probes.traces import few_shot, reasoning_prompt, shot_problems
 from steerlens.sites import first_tensor
 from steerlens.stats import Estimate, bootstrap
 from steerlens.tasks import Problem, extract_answer, grade, normalize_answer
@@ -652,3 +653,64 @@ def scaling_study(
         write_json(out_p / "tts.json", comp.to_dict())
         save_figures({"tts_curves": comp.figure()}, out_p, formats=formats)
     return comp
+
+
+# ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
+
+
+def register(sub: Any) -> None:
+    """Add this study's subcommand to the ``steerlens`` CLI."""
+    p = sub.add_parser("tts", help="test-time scaling (parallel and 'Wait' rounds), steered vs unsteered")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--critique", default="runs/critique", help="a `steerlens critique` run directory")
+    p.add_argument("--layer", type=int, default=None, help="default: the layer the critique run chose")
+    p.add_argument("--out", default="runs/tts")
+    p.add_argument("--n-problems", type=int, default=24)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--alpha", type=float, default=0.1, help="in residual-norm units")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from steerlens import load
+    from steerlens.files import read_json
+    from steerlens.steering import SteeringVector
+    from steerlens.steering.tts import scaling_study
+
+    crit = Path(args.critique)
+    vec_path, metrics = crit / "critique_vector.safetensors", crit / "metrics.json"
+    if not vec_path.exists() or not metrics.exists():
+        raise SteerlensError(
+            f"no critique run in {crit} (need critique_vector.safetensors and metrics.json); run "
+            f"`steerlens critique --out {crit}` first"
+        )
+    layer = args.layer if args.layer is not None else int(read_json(metrics)["probe"]["chosen_layer"])
+    model = load(args.model)
+    probe, probe_layer = None, None
+    if (crit / "critique_probe.safetensors").exists():  # best-of-N with the critique probe as verifier
+        from steerlens.probes.linear import Logistic
+
+        probe, meta = Logistic.load(crit / "critique_probe.safetensors")
+        if "layer" not in meta:
+            raise SteerlensError(
+                f"{crit / 'critique_probe.safetensors'} does not record the layer it was fitted on; rerun "
+                f"`steerlens critique --out {crit}`"
+            )
+        probe_layer = int(meta["layer"])  # the probe reads its own layer, whatever --layer steers
+    comp = scaling_study(
+        model,
+        SteeringVector.load(vec_path, model=model),
+        layer,
+        args.out,
+        n_problems=args.n_problems,
+        n=args.samples,
+        rounds=args.rounds,
+        alpha=args.alpha,
+        seed=args.seed,
+        probe=probe,
+        probe_layer=probe_layer,
+    )
+    print(f"wrote {args.out}/tts.json and tts_curves.html ({len(comp.parallel)} conditions)")
+    return 0

@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 import steerlens.analysis
 import steerlens.probes
 import steerlens.steering

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from steerlens.analysis.demo import run_demo
 
 SECTIONS = ["injection", "probes", "detection", "tts", "personality", "copy_suppression"]

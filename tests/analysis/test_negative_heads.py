@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
+
 from steerlens.analysis import (
-    add_copy_suppression_parser,
     anti_induction,
     copy_suppression_report,
     find_negative_heads,
@@ -18,6 +18,7 @@ from steerlens.analysis import (
     self_repair,
     token_set,
 )
+from steerlens.analysis.copy_suppression import register
 from steerlens.analysis.ioi import NAMES, TEMPLATES, single_token_words
 
 
@@ -82,6 +83,6 @@ def test_report_end_to_end_writes_metrics_and_figures(gemma, tmp_path):
     for name in report.figures():
         assert (tmp_path / f"{name}.html").exists()
     parser = argparse.ArgumentParser()
-    add_copy_suppression_parser(parser.add_subparsers())
+    register(parser.add_subparsers())
     args = parser.parse_args(["copy-suppression", "--model", "gpt2", "--head", "L10H7", "--out", "x"])
     assert args.model == "gpt2" and args.head == "L10H7" and callable(args.func)

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+
+from steerlens.cli import main
 from steerlens.probes.detection import synthetic_detection_set
 from steerlens.probes.linear import group_split
 from steerlens.probes.traces import error_injected_reasoning, trace_examples
 from steerlens.steering import SteeringVector
 from steerlens.steering.critique import critique_vector, detection_sweep
-
-from steerlens.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,9 @@ reproduces steered questionnaire logits, alpha 0 is the unsteered model, teacher
 import numpy as np
 import pytest
 import torch
+
+from steerlens.errors import SteerlensError
+from steerlens.generation import continuation_logprobs, generate
 from steerlens.probes.personality_data import contrast_pairs
 from steerlens.probes.questionnaire import items
 from steerlens.steering import SteeringVector
@@ -17,9 +20,6 @@ from steerlens.steering.personality import (
     trait_activations,
     trait_vectors,
 )
-
-from steerlens.errors import SteerlensError
-from steerlens.generation import continuation_logprobs, generate
 
 
 def _random_vector(seed: int, shift: torch.Tensor | None = None) -> SteeringVector:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+
 from steerlens.steering import Intervention, Trigger, Window, steer
 
 from .reference import hf_reference, lens_reference

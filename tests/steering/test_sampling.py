@@ -1,10 +1,10 @@
 """Shared-prefill sampling: each sample equals an independent call with its seed, steered or not."""
 
 import pytest
-from steerlens.steering import Intervention
-from steerlens.steering.sampling import sample
 
 from steerlens.errors import SteerlensError
+from steerlens.steering import Intervention
+from steerlens.steering.sampling import sample
 
 PROMPT = "Question: Ana has 3 apples and buys 4 more. How many apples does Ana have now?\nStep 1:"
 

@@ -4,11 +4,11 @@ import threading
 
 import pytest
 import torch
-from steerlens.steering import Intervention, Trigger, Window, steer
-from steerlens.steering.sampling import sample
 
 from steerlens import collect
 from steerlens.errors import SteerlensError, StoreMismatch
+from steerlens.steering import Intervention, Trigger, Window, steer
+from steerlens.steering.sampling import sample
 
 from .reference import hf_reference
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from steerlens.errors import SteerlensError
 from steerlens.steering import Intervention
 from steerlens.steering.tts import (
     WAIT,
@@ -14,8 +16,6 @@ from steerlens.steering.tts import (
     parallel,
     wait_stacking,
 )
-
-from steerlens.errors import SteerlensError
 from steerlens.tasks import arithmetic_problems
 
 
@@ -169,6 +169,7 @@ def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems)
     unsteered. Every token after the original prompt (thinking, cue, "Answer:") must be steered, as the
     reference (positions from the explicit prompt length) steers them."""
     import torch
+
     from steerlens.steering import steer
     from steerlens.steering.tts import MARKER, _Replay
 
@@ -190,6 +191,7 @@ def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems)
 
 def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, problems):
     import torch
+
     from steerlens.steering import Window
     from steerlens.steering.tts import _Replay
 
@@ -217,6 +219,7 @@ def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, probl
 def test_scaling_study_reads_the_probe_at_its_own_layer(smol, smol_vec, problems, monkeypatch):
     """Item 7: `steerlens tts --layer X` used to score best-of-N with the critique probe read at X."""
     import torch
+
     from steerlens.probes.linear import fit_logistic
     from steerlens.steering import tts
 
@@ -238,10 +241,10 @@ def test_scaling_study_reads_the_probe_at_its_own_layer(smol, smol_vec, problems
 
 def test_probe_verifier_matches_the_probe_on_collected_activations(smol, tmp_path):
     import torch
-    from steerlens.probes.linear import Logistic, fit_logistic
-    from steerlens.steering.tts import probe_verifier
 
     import steerlens
+    from steerlens.probes.linear import Logistic, fit_logistic
+    from steerlens.steering.tts import probe_verifier
 
     g = torch.Generator().manual_seed(0)
     probe = fit_logistic(torch.randn(40, smol.cfg.d_model, generator=g), [0, 1] * 20)

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 import torch
-from steerlens.steering import SteeringVector, build_vector, steer
 
 import steerlens
 from steerlens.errors import SteerlensError, StoreMismatch
+from steerlens.steering import SteeringVector, build_vector, steer
 
 from .conftest import NEG, POS
 
@@ -118,10 +118,10 @@ def test_validation(smol, gemma, smol_vec):
 def test_truncated_or_foreign_files_raise_steerlens_errors(smol, smol_vec, tmp_path):
     """Item 10: every loader names the file and the fix instead of raising a library's raw error."""
     import numpy as np
-    from steerlens.probes.linear import Logistic, fit_logistic
-    from steerlens.probes.traces import InjectionRun
 
     import steerlens
+    from steerlens.probes.linear import Logistic, fit_logistic
+    from steerlens.probes.traces import InjectionRun
 
     def chop(path, keep=0.5):
         data = path.read_bytes()
