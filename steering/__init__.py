@@ -9,11 +9,13 @@ from .build import (
     probe_direction,
     vector_from_prompts,
 )
+from .rows import RowSteering
 from .vector import SteeringVector
 
 __all__ = [
     "AGGREGATORS",
     "Intervention",
+    "RowSteering",
     "SteeringVector",
     "Trigger",
     "Window",

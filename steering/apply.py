@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from steerlens.errors import SteerlensError
 from steerlens.model import Model
-from steerlens.sites import family_table, first_tensor
+from steerlens.sites import block_path, decoder_body, first_tensor, mlp_out_is_residual_add, mlp_out_proj_path
 
 from .fused import OPS, apply_op
 from .positions import SELECTORS, Positions, SequenceState, Trigger, Window
@@ -246,7 +246,7 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
             "so use one thread per Model (load a second Model for concurrent work)"
         )
     _let_compiled_code_see_hooks()
-    can_fold = family_table(model.cfg.model_type)["hook_mlp_out"][0] == "mlp"  # mlp_out is down_proj's output
+    can_fold = mlp_out_is_residual_add(model.cfg.model_type)
     folds, by_layer = _plan(ivs, can_fold, fold, model.device, model.dtype)
     if fold is True and by_layer:
         raise SteerlensError(
@@ -271,17 +271,17 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
         for tree in model.hf_trees():  # hf itself, and a TransformerBridge's twin of it
             _fold(tree, folds, restore)
             if by_layer:
-                base = tree.get_submodule(str(tree.base_model_prefix))
+                base = decoder_body(tree)
                 handles.append(
                     base.register_forward_pre_hook(lambda m, a, kw: _begin_hf(state, a, kw), with_kwargs=True)
                 )
                 for l, steps in by_layer.items():
-                    layer = tree.get_submodule(f"model.layers.{l}")
+                    layer = tree.get_submodule(block_path(l))
                     handles.append(
                         layer.register_forward_hook(lambda m, a, o, s=steps: _steer_output(o, s, state))
                     )
-        lens = model._lens
-        if lens is not None and not hasattr(lens, "original_model"):
+        lens = model.built_lens
+        if lens is not None and model.lens_kind == "hooked":
             # A HookedTransformer has its own module tree and bias tensors: every intervention runs as TL hooks.
             _, tl_layers = _plan(ivs, False, False, model.device, model.dtype)
             # TL's generate calls forward() directly (module hooks on the lens never fire), so a chunk begins
@@ -321,7 +321,7 @@ def _fold(
     checked before any is changed, and each change is recorded in ``restore`` before it is made."""
     projs = []
     for l, _ in folds:
-        proj = tree.get_submodule(f"model.layers.{l}.mlp.down_proj")
+        proj = tree.get_submodule(mlp_out_proj_path(l))
         proj = getattr(proj, "_original_component", proj)  # a TransformerBridge wraps the Linear
         if not isinstance(proj, nn.Linear):
             raise SteerlensError(f"cannot fold into {type(proj).__name__} at layer {l}; use fold=False")

@@ -18,6 +18,7 @@ from steerlens.generation import cut_at
 from steerlens.model import Model
 
 from .apply import Intervention, steer
+from .rows import RowSteering, as_row_steering
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,15 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     stop: Sequence[str] = (),
-    interventions: Sequence[Any] = (),
+    steering: RowSteering | Sequence[Intervention] | None = None,
     shared_prefill: bool = True,
     ignore_eos: bool = False,
 ) -> SampleSet:
     """``len(seeds)`` samples of ``prompt``; sample i equals ``sample(model, prompt, [seeds[i]])`` whatever
     else is in the batch (up to float reassociation in batched matmuls).
 
-    ``interventions``: ``steering.Intervention`` objects applied while sampling; per-row alphas give each
-    sample its own coefficient. The prefill is shared when it is the same for every row (per-row alphas that
+    ``steering``: a ``RowSteering`` (or a list of ``Intervention`` objects) applied while sampling, whose rows
+    are the samples: per-row alphas give each sample its own coefficient. The prefill is shared when it is the same for every row (per-row alphas that
     only act on generated positions, or one alpha); otherwise each row prefills (still one batched call).
     """
     if not seeds:
@@ -70,15 +71,10 @@ def sample(
         raise SteerlensError(f"top_p={top_p}: expected 0 < top_p <= 1")
     ids = model.tokenize(prompt)[0] if isinstance(prompt, str) else list(prompt)
     n = len(seeds)
-    ivs = list(interventions)
-    for iv in ivs:
-        if not isinstance(iv, Intervention):
-            raise SteerlensError("interventions must be steerlens.steering.Intervention objects")
-        a = torch.as_tensor(iv.alpha)
-        if a.ndim == 1 and len(a) != n:
-            raise SteerlensError(
-                f"an intervention has {len(a)} per-row alphas for {n} seeds; pass one per seed"
-            )
+    rs = as_row_steering(steering)
+    if rs.n_rows is not None and rs.n_rows != n:
+        raise SteerlensError(f"the steering has per-row values for {rs.n_rows} rows but there are {n} seeds")
+    ivs = rs.for_rows(range(n))
     differs = [
         iv
         for iv in ivs

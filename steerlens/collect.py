@@ -19,7 +19,7 @@ from torch import Tensor
 from .errors import EmptyInput, StoreMismatch
 from .inputs import Example, Positions, Tokenized, dataset_hash, tokenize_inputs
 from .model import Model
-from .sites import Site, first_tensor
+from .sites import Site, block_path, decoder_body, first_tensor
 from .store import ActivationStore
 
 
@@ -148,15 +148,15 @@ def _run(
                     lambda m, a, kw, s=s: grab(s, a[0] if a else kw["hidden_states"]), with_kwargs=True
                 )
             )
-    layers = [s.layer for s in sites]
-    if all(l is not None for l in layers):  # stop once the deepest requested layer has finished
-        last = hf.get_submodule(f"model.layers.{max(layers)}")  # type: ignore[type-var]
+    layers = [s.layer for s in sites if s.layer is not None]
+    if len(layers) == len(sites):  # stop once the deepest requested layer has finished
+        last = hf.get_submodule(block_path(max(layers)))
 
         def stop(m: Any, a: Any, o: Any) -> None:
             raise _StopForward
 
         handles.append(last.register_forward_hook(stop))
-    body = hf.get_submodule(str(hf.base_model_prefix))  # the decoder stack without the unembedding
+    body = decoder_body(hf)
     pad = model.tokenizer.pad_token_id or 0
 
     buffer: list[dict[str, Tensor]] = []

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
 from .errors import ModelNotAvailable, SteerlensError
-from .registry import EMBEDDED
-from .sites import Site, parse_site, parse_sites
+from .registry import EMBEDDED, LensKind
+from .sites import Site, block_path, parse_site, parse_sites
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class ModelConfig:
         )
 
 
+
 class ActiveSteering(Protocol):
     """What core code needs to know of a ``steer()`` context in force (the steering layer implements it):
     a fingerprint for cache keys, the layers whose MLP output carries a folded vector, the owning thread, and a
@@ -70,7 +71,7 @@ class Model:
     are built on first use. Hook sites use TransformerLens names in every view (``model.site(name)``).
     """
 
-    def __init__(self, name: str, hf: nn.Module, tokenizer: Any, *, tl_name: str | None, lens_kind: str):
+    def __init__(self, name: str, hf: nn.Module, tokenizer: Any, *, tl_name: str | None, lens_kind: LensKind):
         self.name = name
         self.hf = hf.eval()
         self.tokenizer = tokenizer
@@ -109,6 +110,17 @@ class Model:
         return next(self.hf.parameters()).dtype
 
     # ---- views -------------------------------------------------------------------------------------
+    @property
+    def lens_kind(self) -> LensKind:
+        """ "hooked" (a HookedTransformer: its own module tree, per-head weights) or "bridge" (a
+        TransformerBridge running a twin of ``hf``)."""
+        return self._lens_kind
+
+    @property
+    def built_lens(self) -> Any | None:
+        """The lens if it has been built, else None (reading ``lens`` builds it)."""
+        return self._lens
+
     @property
     def lens(self) -> Any:
         """TransformerLens view. Weight matrices are shared with ``hf`` (no copy), except where TL stores a
@@ -152,9 +164,7 @@ class Model:
         """Every HF module tree that runs this model's forward: ``hf`` itself, plus the bridge's twin once a
         TransformerBridge lens exists (hooks that steer or read sites go on each)."""
         lens = self._lens
-        return [self.hf] + (
-            [lens.original_model] if lens is not None and hasattr(lens, "original_model") else []
-        )
+        return [self.hf] + ([lens.original_model] if lens is not None and self.lens_kind == "bridge" else [])
 
     @property
     def nn(self) -> Any:
@@ -205,7 +215,7 @@ def load(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    lens: str = "auto",
+    lens: LensKind | Literal["auto"] = "auto",
 ) -> Model:
     """Load a model by embedded name (``gemma-3-270m``, ``smollm2-135m-instruct``), local dir, or HF id.
 
@@ -219,7 +229,8 @@ def load(
 
         entry = EMBEDDED[name_or_path]
         source: str | Path = cached_model_dir(entry)
-        tl_name, lens_kind = entry.hf_id, entry.lens
+        tl_name: str | None = entry.hf_id
+        lens_kind: LensKind = entry.lens
     elif Path(name_or_path).expanduser().is_dir():
         source, tl_name, lens_kind = Path(name_or_path).expanduser(), None, "bridge"
     elif "/" in name_or_path or name_or_path in _tl_official_names():
@@ -232,7 +243,7 @@ def load(
             "to a directory holding config.json and weights"
         )
     if lens != "auto":
-        if lens not in ("hooked", "bridge"):
+        if lens != "hooked" and lens != "bridge":
             raise SteerlensError(f"lens={lens!r}: expected 'auto', 'hooked' or 'bridge'")
         lens_kind = lens
     try:
@@ -291,7 +302,7 @@ def share_hooked_weights(ht: nn.Module, hf: nn.Module, cfg: ModelConfig) -> floa
         "unembed.W_U": ("lm_head.weight", lambda w: w.T),
     }
     for l in range(cfg.n_layers):
-        p = f"model.layers.{l}"
+        p = block_path(l)
         for ht_k in ("_W_K", "W_K"):
             rules[f"blocks.{l}.attn.{ht_k}"] = (
                 f"{p}.self_attn.k_proj.weight",
