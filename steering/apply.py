@@ -29,11 +29,11 @@ from steerlens.errors import SteerlensError
 from steerlens.model import Model
 from steerlens.sites import block_path, decoder_body, first_tensor, mlp_out_is_residual_add, mlp_out_proj_path
 
-from .fused import OPS, apply_op
+from .ops import OPS, Op, apply_op
 from .positions import SELECTORS, Positions, SequenceState, Trigger, Window
 from .vector import UNITS, SteeringVector, Units
 
-Op = Literal["add", "add_norm", "ablate", "clamp"]
+Fold = bool | Literal["auto"]  # "auto": fold where exact; False: hooks only; True: everything must fold
 
 __all__ = ["Intervention", "Op", "Positions", "Steering", "Trigger", "Units", "Window", "steer"]
 
@@ -105,7 +105,7 @@ class _Step:
     conversions that would break a ``torch.compile`` graph)."""
 
     index: int  # the intervention's position in the steer() call: the key of its cached coefficient
-    op: str
+    op: Op
     vector: Tensor  # [d_model]; for add-type ops the unit scale is already folded in
     scale: float  # what remains to multiply alpha by (1.0 for add-type ops, so all layers share one coef)
     alpha: float | None  # one alpha for every row ...
@@ -126,7 +126,7 @@ def _step(i: int, iv: Intervention, l: int, device: torch.device, dtype: torch.d
 
 
 def _plan(
-    ivs: list[Intervention], can_fold: bool, fold: bool | str, device: torch.device, dtype: torch.dtype
+    ivs: list[Intervention], can_fold: bool, fold: Fold, device: torch.device, dtype: torch.dtype
 ) -> tuple[list[tuple[int, Intervention]], dict[int, list[_Step]]]:
     """Per layer, which interventions fold into a bias and which run as hook steps (in the given order).
 
@@ -177,15 +177,18 @@ def _coef(step: _Step, state: SequenceState, device: torch.device, dtype: torch.
     return out
 
 
-def _parse(model: Model, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Intervention]:
+def _parse(
+    model: Model, args: tuple[Intervention | SteeringVector, ...], options: dict[str, Any]
+) -> list[Intervention]:
     if args and isinstance(args[0], SteeringVector):
         if len(args) > 1:
             raise SteerlensError("pass one vector with keyword options, or several Intervention objects")
-        ivs = [Intervention(args[0], **kwargs)]
+        ivs = [Intervention(args[0], **options)]
     else:
-        if kwargs:
-            raise SteerlensError(f"options {sorted(kwargs)} belong in Intervention(...) when passing several")
-        ivs = list(args)
+        given = {k for k, v in options.items() if not _is_default(k, v)}
+        if given:
+            raise SteerlensError(f"options {sorted(given)} belong in Intervention(...) when passing several")
+        ivs = list(args)  # type: ignore[arg-type]
         bad = [x for x in ivs if not isinstance(x, Intervention)]
         if bad or not ivs:
             raise SteerlensError("steer() takes a SteeringVector (plus options) or Intervention objects")
@@ -195,6 +198,14 @@ def _parse(model: Model, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[
             raise SteerlensError(f"steer() acts on resid_post; this vector is at {iv.vector.site}")
         _ = iv.steered_layers
     return ivs
+
+
+_DEFAULTS: dict[str, Any] = {"alpha": 1.0, "op": "add", "positions": "all", "units": "vector", "layers": None}
+
+
+def _is_default(name: str, value: Any) -> bool:
+    d = _DEFAULTS[name]
+    return value is d or (type(value) in (int, float, str) and value == d)
 
 
 @dataclass(eq=False)
@@ -221,13 +232,23 @@ class Steering:
 
 
 @contextlib.contextmanager
-def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **options: Any) -> Iterator[Steering]:
+def steer(
+    model: Model,
+    *interventions: Intervention | SteeringVector,
+    alpha: float | Sequence[float] | Tensor = 1.0,
+    op: Op = "add",
+    positions: Positions = "all",
+    units: Units = "vector",
+    layers: Sequence[int] | None = None,
+    fold: Fold = "auto",
+) -> Iterator[Steering]:
     """Steer ``model`` inside the block; leaving it (also by exception) restores bit-identical outputs.
 
     Args:
         model: the model to steer (every view: ``hf``, ``lens``, ``nn``).
-        interventions: one ``SteeringVector`` (with keyword options for ``Intervention``) or several
-            ``Intervention`` objects, applied per layer in the order given.
+        interventions: one ``SteeringVector`` (steered with the keyword options below) or several
+            ``Intervention`` objects (each carrying its own options), applied per layer in the order given.
+        alpha, op, positions, units, layers: as in ``Intervention``, for a single vector.
         fold: "auto" folds static adds into output-projection biases where that is exact; False always uses
             hooks; True requires every intervention to fold (errors where it cannot).
 
@@ -238,6 +259,7 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
     ``steer()`` changes the model for every caller until it exits: do not run the same ``Model`` from another
     thread meanwhile (entering ``steer()`` from a second thread while one is active raises).
     """
+    options = {"alpha": alpha, "op": op, "positions": positions, "units": units, "layers": layers}
     ivs = _parse(model, interventions, options)
     me = threading.get_ident()
     if any(s.thread != me for s in model.steering):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .errors import EmptyInput, StoreMismatch
-from .inputs import Example, Positions, Tokenized, dataset_hash, tokenize_inputs
+from .inputs import Example, Tokenized, TokenSelection, dataset_hash, tokenize_inputs
 from .model import Model
 from .sites import Site, block_path, decoder_body, first_tensor
 from .store import ActivationStore
@@ -31,7 +31,7 @@ def collect(
     model: Model,
     inputs: str | Example | Sequence[str] | Sequence[Example] | Sequence[Sequence[int]],
     sites: str | list[str],
-    positions: Positions | str | int | Sequence[Sequence[int]] = "all",
+    positions: TokenSelection | str | int | Sequence[Sequence[int]] = "all",
     *,
     path: str | Path | None = None,
     batch_size: int = 8,
@@ -48,7 +48,7 @@ def collect(
     """
     site_objs = model.sites(sites)
     _check_folded_sites(model, site_objs)
-    pos = Positions.parse(positions)
+    pos = TokenSelection.parse(positions)
     tokens = tokenize_inputs(model.tokenizer, inputs)
     keep = [pos.select(i, t) for i, t in enumerate(tokens)]
     if not any(keep):

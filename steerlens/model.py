@@ -45,7 +45,6 @@ class ModelConfig:
         )
 
 
-
 class ActiveSteering(Protocol):
     """What core code needs to know of a ``steer()`` context in force (the steering layer implements it):
     a fingerprint for cache keys, the layers whose MLP output carries a folded vector, the owning thread, and a
