@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import EmptyInput, StoreMismatch
 from .inputs import Example, Tokenized, TokenSelection, dataset_hash, tokenize_inputs
@@ -133,29 +133,7 @@ def _run(
     device = model.device
     captured: dict[str, Tensor] = {}
     gather: dict[str, Tensor] = {}  # "b" / "p": row-wise batch and position indices for the current batch
-
-    def grab(site: Site, x: Tensor) -> None:
-        captured[site.name] = site.reshape(x[gather["b"], gather["p"]]).to(dtype).cpu()
-
-    handles = []
-    for s in sites:
-        mod = s.hf_module(hf)
-        if s.io == "output":
-            handles.append(mod.register_forward_hook(lambda m, a, o, s=s: grab(s, first_tensor(o))))
-        else:
-            handles.append(
-                mod.register_forward_pre_hook(
-                    lambda m, a, kw, s=s: grab(s, a[0] if a else kw["hidden_states"]), with_kwargs=True
-                )
-            )
-    layers = [s.layer for s in sites if s.layer is not None]
-    if len(layers) == len(sites):  # stop once the deepest requested layer has finished
-        last = hf.get_submodule(block_path(max(layers)))
-
-        def stop(m: Any, a: Any, o: Any) -> None:
-            raise _StopForward
-
-        handles.append(last.register_forward_hook(stop))
+    handles: list[Any] = []
     body = decoder_body(hf)
     pad = model.tokenizer.pad_token_id or 0
 
@@ -164,18 +142,14 @@ def _run(
     shard_start = store.next_example
     bar = tqdm(total=len(tokens), initial=shard_start, desc="collect", unit="ex", disable=not progress)
     try:
+        _capture_hooks(hf, sites, captured, gather, dtype, handles)
         with torch.no_grad():
             for start in range(shard_start, len(tokens), batch_size):
                 idx = list(range(start, min(start + batch_size, len(tokens))))
                 rows_b = [b for b, i in enumerate(idx) for _ in keep[i]]
                 rows_p = [p for i in idx for p in keep[i]]
                 if rows_b:
-                    width = max(len(tokens[i].ids) for i in idx)
-                    ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                    mask = torch.zeros((len(idx), width), dtype=torch.long)
-                    for b, i in enumerate(idx):  # right padding: real tokens keep positions 0..n-1
-                        ids[b, : len(tokens[i].ids)] = torch.tensor(tokens[i].ids)
-                        mask[b, : len(tokens[i].ids)] = 1
+                    ids, mask = _right_padded([tokens[i].ids for i in idx], pad)
                     gather["b"], gather["p"] = (
                         torch.tensor(rows_b, device=device),
                         torch.tensor(rows_p, device=device),
@@ -198,6 +172,50 @@ def _run(
         bar.close()
         for h in handles:
             h.remove()
+
+
+def _capture_hooks(
+    hf: nn.Module,
+    sites: list[Site],
+    captured: dict[str, Tensor],
+    gather: dict[str, Tensor],
+    dtype: torch.dtype,
+    handles: list[Any],
+) -> None:
+    """Hooks that copy each site's kept rows into ``captured`` (recorded in ``handles`` as made), and one that
+    stops the forward once the deepest requested layer has finished."""
+
+    def grab(site: Site, x: Tensor) -> None:
+        captured[site.name] = site.reshape(x[gather["b"], gather["p"]]).to(dtype).cpu()
+
+    for s in sites:
+        mod = s.hf_module(hf)
+        if s.io == "output":
+            handles.append(mod.register_forward_hook(lambda m, a, o, s=s: grab(s, first_tensor(o))))
+        else:
+            handles.append(
+                mod.register_forward_pre_hook(
+                    lambda m, a, kw, s=s: grab(s, a[0] if a else kw["hidden_states"]), with_kwargs=True
+                )
+            )
+    layers = [s.layer for s in sites if s.layer is not None]
+    if len(layers) == len(sites):
+
+        def stop(m: Any, a: Any, o: Any) -> None:
+            raise _StopForward
+
+        handles.append(hf.get_submodule(block_path(max(layers))).register_forward_hook(stop))
+
+
+def _right_padded(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Right padding: real tokens keep positions 0..n-1, so no position ids are needed."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r)] = 1
+    return ids, mask
 
 
 def _flush(

@@ -139,25 +139,8 @@ def generate_detailed(
 
         batches = tqdm(batches, desc="generate", unit="batch", total=-(-len(ids) // batch_size))
     for b in batches:
-        rows, start, width = b.rows, b.start, b.width
-        kw: dict[str, Any] = dict(
-            attention_mask=b.mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            pad_token_id=pad,
-        )
-        if do_sample:
-            kw["temperature"] = temperature
-            kw["top_k"] = 0
-            kw["top_p"] = 1.0
-            torch.manual_seed(seed + start)
-        if min_tokens:
-            kw["min_new_tokens"] = min_tokens
-            if stop:
-                kw["stopping_criteria"] = StoppingCriteriaList([_StopAfter(tok, stop, width, min_tokens)])
-        elif stop:
-            kw["stop_strings"] = list(stop)
-            kw["tokenizer"] = tok
+        rows, width = b.rows, b.width
+        kw = _generate_kwargs(model, b, max_new_tokens, do_sample, temperature, seed, stop, min_tokens)
         with steered_batch(steering, model, rows), torch.no_grad():
             gen = model.hf.generate(b.ids, **kw)  # type: ignore[operator]
         for j, i in enumerate(rows):
@@ -168,6 +151,37 @@ def generate_detailed(
             cut = text[:head] + cut_at(text[head:], stop)
             out[i] = Generated(cut, n, n >= max_new_tokens and len(cut) == len(text))
     return out
+
+
+def _generate_kwargs(
+    model: Model,
+    b: Batch,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    seed: int,
+    stop: Sequence[str],
+    min_tokens: int,
+) -> dict[str, Any]:
+    """``hf.generate`` arguments for one batch (seeding the sampler by the batch's first sorted index)."""
+    tok = model.tokenizer
+    kw: dict[str, Any] = dict(
+        attention_mask=b.mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tok.pad_token_id,
+    )
+    if do_sample:
+        kw.update(temperature=temperature, top_k=0, top_p=1.0)
+        torch.manual_seed(seed + b.start)
+    if min_tokens:
+        kw["min_new_tokens"] = min_tokens
+        if stop:
+            kw["stopping_criteria"] = StoppingCriteriaList([_StopAfter(tok, stop, b.width, min_tokens)])
+    elif stop:
+        kw["stop_strings"] = list(stop)
+        kw["tokenizer"] = tok
+    return kw
 
 
 class _StopAfter(StoppingCriteria):
