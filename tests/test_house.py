@@ -68,7 +68,9 @@ def test_imports_go_one_way():
 
 def test_the_import_check_sees_a_violation():
     """The checker itself: relative, absolute and function-level imports into a higher layer are seen."""
-    src = "from ..analysis import demo\nimport steerlens.steering.apply\ndef f():\n    from .. import probes\n"
+    src = (
+        "from ..analysis import demo\nimport steerlens.steering.apply\ndef f():\n    from .. import probes\n"
+    )
     got = [_layer_of(m) for _, m in _imports(src, "steerlens.steering")]
     assert got == ["analysis", "steering", "probes"]
     assert _package_of(ROOT / "steering" / "x.py") == "steerlens.steering"
@@ -83,6 +85,7 @@ def test_module_and_functions_fit_in_a_head(path):
     long = [
         f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
         for n in ast.walk(ast.parse(src))
-        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.end_lineno - n.lineno + 1 > MAX_FUNCTION
     ]
     assert not long, f"{path.relative_to(ROOT)}: functions over {MAX_FUNCTION} lines: {long}"
