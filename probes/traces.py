@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import new_figure
@@ -33,6 +33,10 @@ from steerlens.tasks import (
     reasoning_prompt,
     shot_problems,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
 InjectionMode = Literal["generated", "templated"]  # the model's own trace, or the templated solution
 
@@ -184,7 +188,7 @@ class InjectionRun:
             "table_clean_correct": self.table("clean_correct"),
         }
 
-    def figure(self) -> Any:
+    def figure(self) -> go.Figure:
         """The two 2x2 tables (all injected problems; those solved cleanly) as annotated heatmaps."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -223,7 +227,7 @@ class InjectionRun:
         fig.update_yaxes(autorange="reversed")
         return fig
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
         return pd.DataFrame([{**_flat(r), "category": r.category} for r in self.records])

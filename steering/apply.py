@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from steerlens.errors import SteerlensError
 from steerlens.model import Model
@@ -213,7 +214,7 @@ def steer(
     )
     fingerprint = "|".join(iv.fingerprint() for iv in ivs)
     handle = Steering(ivs, state, frozenset(l for l, _ in folds), me, fingerprint)
-    handles: list[Any] = []
+    handles: list[RemovableHandle] = []
     restore: list[tuple[nn.Linear, Any]] = []
     model._steering.append(handle)
     try:
@@ -247,7 +248,7 @@ def _checked_plan(
 
 
 def _hook_hf(
-    tree: nn.Module, by_layer: dict[int, list[_Step]], state: SequenceState, handles: list[Any]
+    tree: nn.Module, by_layer: dict[int, list[_Step]], state: SequenceState, handles: list[RemovableHandle]
 ) -> None:
     """Hooks on an HF module tree: the decoder body opens each forward chunk, each layer's output is steered.
     Each handle is recorded as soon as it exists, so a failure half-way still removes every hook."""
@@ -260,7 +261,9 @@ def _hook_hf(
         handles.append(layer.register_forward_hook(lambda m, a, o, s=steps: _steer_output(o, s, state)))
 
 
-def _hook_lens(lens: Any, by_layer: dict[int, list[_Step]], state: SequenceState, handles: list[Any]) -> None:
+def _hook_lens(
+    lens: Any, by_layer: dict[int, list[_Step]], state: SequenceState, handles: list[RemovableHandle]
+) -> None:
     """A HookedTransformer has its own module tree and bias tensors: every intervention runs as TL hooks.
     TL's generate calls forward() directly (module hooks on the lens never fire), so a chunk begins at block
     0, and token ids come from the embedding call that preceded it."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers import Cache
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.generation import cut_at
@@ -109,7 +110,7 @@ def _varies_by_row(iv: Intervention) -> bool:
 
 def _prefill(
     model: Model, ids: list[int], ivs: list[Intervention], n: int, share: bool
-) -> tuple[Any, Tensor]:
+) -> tuple[Cache, Tensor]:
     """The prompt's KV cache and next-token logits for ``n`` rows: one row expanded when ``share`` (every row
     steers the prompt alike), else ``n`` rows in one batched call."""
     prefill_ivs = [
@@ -135,7 +136,7 @@ def _decode(
     model: Model,
     ids: list[int],
     ivs: list[Intervention],
-    cache: Any,
+    cache: Cache,
     logits: Tensor,
     seeds: Sequence[int],
     max_new_tokens: int,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .errors import EmptyInput, StoreMismatch
 from .inputs import Example, Tokenized, TokenSelection, dataset_hash, tokenize_inputs
@@ -133,7 +134,7 @@ def _run(
     device = model.device
     captured: dict[str, Tensor] = {}
     gather: dict[str, Tensor] = {}  # "b" / "p": row-wise batch and position indices for the current batch
-    handles: list[Any] = []
+    handles: list[RemovableHandle] = []
     body = decoder_body(hf)
     pad = model.tokenizer.pad_token_id or 0
 
@@ -180,7 +181,7 @@ def _capture_hooks(
     captured: dict[str, Tensor],
     gather: dict[str, Tensor],
     dtype: torch.dtype,
-    handles: list[Any],
+    handles: list[RemovableHandle],
 ) -> None:
     """Hooks that copy each site's kept rows into ``captured`` (recorded in ``handles`` as made), and one that
     stops the forward once the deepest requested layer has finished."""
