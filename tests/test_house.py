@@ -89,3 +89,23 @@ def test_module_and_functions_fit_in_a_head(path):
         and n.end_lineno - n.lineno + 1 > MAX_FUNCTION
     ]
     assert not long, f"{path.relative_to(ROOT)}: functions over {MAX_FUNCTION} lines: {long}"
+
+
+ENTRY_POINTS = [
+    "steerlens.load",
+    "steerlens.collect",
+    "steerlens.steering.steer",
+    "steerlens.steering.vector_from_prompts",
+    "steerlens.steering.RowSteering",
+    "steerlens.config.StudyConfig",
+    "steerlens.analysis.study.add_study_command",
+]
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_public_entry_points_say_why_args_and_example(name):
+    import importlib
+
+    mod, attr = name.rsplit(".", 1)
+    doc = getattr(importlib.import_module(mod), attr).__doc__ or ""
+    assert "Args:" in doc and "Example:" in doc, f"{name}: docstring needs Args: and Example:"
