@@ -15,7 +15,7 @@ from torch import Tensor
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import GREY, PALETTE, line_with_band, new_figure
-from steerlens.stats import auroc, bootstrap, brier, ece
+from steerlens.stats import N_BOOT, auroc, bootstrap, brier, ece
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,7 +198,7 @@ def probe_layers(
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     l2: float = 1e-2,
-    n_boot: int = 500,
+    n_boot: int = N_BOOT,
     title: str | None = None,
 ) -> LayerSweep:
     """Fit a probe per layer on a train split, report validation and test metrics, and the same probe fitted

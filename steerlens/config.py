@@ -17,8 +17,6 @@ from typing import Any, ClassVar, Literal, Self, get_args, get_origin
 
 from .errors import SteerlensError
 
-N_BOOT = 1000  # bootstrap resamples for every interval a study reports (JSON, figures and text agree)
-
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
