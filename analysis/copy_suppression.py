@@ -20,19 +20,16 @@ from steerlens.figures import save_figures
 from steerlens.files import write_json
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
-from .circuits import HeadScan, OVRanks, QKGrid, effective_embedding, ov_ranks, qk_grid, scan_heads, token_set
+from .circuits import Variant, effective_embedding, token_set
 from .corpus import corpus_windows
 from .decompose import check_additivity, run_decomposed
+from .head_scan import HeadScan, scan_heads
 from .ioi import ioi_prompts
-from .negative_heads import (
-    AntiInduction,
-    NegativeHeads,
-    SelfRepair,
-    anti_induction,
-    find_negative_heads,
-    self_repair,
-)
+from .negative_heads import NegativeHeads, find_negative_heads
+from .ov import OVRanks, ov_ranks
+from .qk import QKGrid, qk_grid
 from .results import jsonable
+from .self_repair import AntiInduction, SelfRepair, anti_induction, self_repair
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ def copy_suppression_report(
     head: tuple[int, int] | None = None,
     n_tokens: int = 4000,
     vocab_tokens: int = 500,
-    variant: str = "self_attn",
+    variant: Variant = "self_attn",
     n_sequences: int = 24,
     seq_len: int = 64,
     max_positions: int = 96,
