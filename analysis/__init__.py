@@ -1,8 +1,12 @@
-"""Copy suppression and negative heads, recovery statistics, plotly figures, HTML report."""
+"""Copy suppression and negative heads, recovery statistics, plotly figures, HTML report.
+
+The copy-suppression study: ``copy_suppression.run(model, CopySuppressionConfig(...))`` ->
+``CopySuppressionReport`` (``save`` / ``load``, ``sections()`` for the report); its parts on their own below.
+"""
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
 from .circuits import EffectiveEmbedding, RankStats, TokenSet, effective_embedding, token_set
-from .copy_suppression import CopySuppressionReport, copy_suppression_main, copy_suppression_report
+from .copy_suppression import CopySuppressionConfig, CopySuppressionReport
 from .corpus import PARAGRAPHS, corpus_windows
 from .decompose import (
     FrozenNorm,
@@ -24,6 +28,7 @@ __all__ = [
     "PARAGRAPHS",
     "AntiInduction",
     "CSPAResult",
+    "CopySuppressionConfig",
     "CopySuppressionReport",
     "DirectEffects",
     "EffectiveEmbedding",
@@ -42,8 +47,6 @@ __all__ = [
     "TokenSet",
     "anti_induction",
     "check_additivity",
-    "copy_suppression_main",
-    "copy_suppression_report",
     "corpus_windows",
     "cspa",
     "direct_effects",
