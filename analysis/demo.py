@@ -232,9 +232,15 @@ def run_demo(
         sec.figures.update(st.figures())
 
     def copy_suppression(sec: Section) -> None:
-        from .copy_suppression import demo_section
+        from .copy_suppression import CopySuppressionConfig, run
 
-        demo_section(steerlens.load(copy_model), out / "copy_suppression", sec, quick=sizes.copy_quick)
+        cfg = CopySuppressionConfig.quick() if sizes.copy_quick else CopySuppressionConfig()
+        report = run(steerlens.load(copy_model), cfg)
+        report.save(out / "copy_suppression", formats=())  # the demo writes the figures, under figures/
+        done = report.sections()[0]
+        sec.text, sec.tables = done.text, done.tables
+        sec.numbers.update(done.numbers)
+        sec.figures.update(done.figures)
 
     step(1, "Error-injected reasoning and the 2x2 table", "injection", critique)
     step(2, "Probes and the critique vector", "probes", probes)
