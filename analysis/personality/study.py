@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from steerlens.config import N_BOOT, StudyConfig
 from steerlens.files import read_json
 from steerlens.model import Model
+from steerlens.stats import Estimate
 from steerlens.steering import SteeringVector
 from steerlens.steering.vector import Units
 
@@ -123,9 +124,7 @@ class PersonalityStudy:
                 "prompting_shift": self.prompting.shift(t, t, self.n_boot).to_dict(),
                 "held_out_reaction_slope": react.to_dict() if react else None,
                 "arithmetic_accuracy_delta": self.capability.delta(t, "accuracy", self.n_boot).to_dict(),
-                "verdict": _verdict(
-                    own.value, own.lo, own.hi, rand.lo if rand else None, rand.hi if rand else None
-                ),
+                "verdict": _verdict(own, rand),
             }
         return out
 
@@ -245,11 +244,14 @@ def _table_row(trait: str, r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _verdict(value: float, lo: float, hi: float, rand_lo: float | None, rand_hi: float | None) -> str:
-    if not (lo > 0 or hi < 0):
+def _verdict(own: Estimate, rand: Estimate | None) -> str:
+    """Plain words for an own-trait slope: moved or not (CI vs 0), which way, and beyond the random control."""
+    if not (own.lo > 0 or own.hi < 0):
         return "questionnaire score does not move (slope CI includes 0)"
-    beyond_random = rand_lo is None or rand_hi is None or value > rand_hi or value < rand_lo
-    direction = "moves in the intended direction" if value > 0 else "moves OPPOSITE to the intended direction"
+    beyond_random = rand is None or own.value > rand.hi or own.value < rand.lo
+    direction = (
+        "moves in the intended direction" if own.value > 0 else "moves OPPOSITE to the intended direction"
+    )
     return direction + ("" if beyond_random else ", but not beyond the random control")
 
 
