@@ -13,11 +13,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerlens.files import write_json
 
 from .report import Section, write_report
+
+if TYPE_CHECKING:
+    from .personality import Trait
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class DemoSizes:
     tts_samples: int = 8
     tts_rounds: int = 2
     personality_alphas: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5)
-    personality_traits: tuple[str, ...] = (
+    personality_traits: tuple[Trait, ...] = (
         "openness",
         "conscientiousness",
         "extraversion",
@@ -188,48 +191,18 @@ def run_demo(
         sec.figures["tts_curves"] = comp.figure()
 
     def personality(sec: Section) -> None:
-        from steerlens.steering.personality import RANDOM, personality_study
+        from .personality import PersonalityConfig, run
 
-        st = personality_study(
-            lm,
-            None,
+        cfg = PersonalityConfig(
             traits=sizes.personality_traits,
             alphas=sizes.personality_alphas,
             with_stability=sizes.personality_stability,
+            n_boot=500,  # the demo's intervals have always used 500 resamples
         )
-        st.save(out / "personality", formats=())
-        summ = st.summary()
-        sec.text = (
-            f"Trait vectors at layer {st.vectors.layer} (best held-out separability among middle layers), "
-            "steered with per-row alphas. Trait expression is read two ways: a balanced-keyed Likert "
-            "questionnaire from the answer logits, and the preference for the high- over the low-trait reaction "
-            "on held-out statement pairs the vectors never saw (log-prob per token). Controls: a random "
-            "direction of equal norm, purified vectors and the persona-prompting baseline; side effect: "
-            "arithmetic accuracy at the largest alpha."
-        )
-        sec.numbers["steering layer"] = st.vectors.layer
-        if st.reactions is not None and RANDOM in st.reactions.values:
-            sec.numbers["held-out reaction slope, random control"] = st.reactions.slope(RANDOM, 500).to_dict()
-        sec.tables.append(
-            (
-                "Per trait: questionnaire slope (keyed score per alpha unit) vs a random direction, held-out "
-                "reaction slope (log-prob per token per alpha unit), persona-prompting shift, arithmetic "
-                "accuracy change at the largest alpha, and the questionnaire verdict",
-                [
-                    {
-                        "trait": t,
-                        "steering slope": r["steering_slope"],
-                        "random control slope": r["random_control_slope"],
-                        "held-out reaction slope": r["held_out_reaction_slope"],
-                        "prompting shift": r["prompting_shift"],
-                        "arithmetic accuracy change": r["arithmetic_accuracy_delta"],
-                        "verdict": r["verdict"],
-                    }
-                    for t, r in summ.items()
-                ],
-            )
-        )
-        sec.figures.update(st.figures())
+        study = run(lm, cfg)
+        study.save(out / "personality", formats=())
+        (made,) = study.sections()
+        sec.text, sec.numbers, sec.tables, sec.figures = made.text, made.numbers, made.tables, made.figures
 
     def copy_suppression(sec: Section) -> None:
         from .copy_suppression import CopySuppressionConfig, run

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 FORMAT = "steerlens.vector/1"
 Units = Literal["vector", "raw", "resid"]
 UNITS: tuple[Units, ...] = ("vector", "raw", "resid")
+PurifyMethod = Literal["project", "mix"]
 _REBUILD = "Save the vector again (SteeringVector.save) or rebuild it with steerlens.steering.build_vector"
 
 
@@ -179,6 +181,117 @@ class SteeringVector:
             raw_norms={l: v for l, v in self.raw_norms.items() if l in keep},
             resid_norms={l: v for l, v in self.resid_norms.items() if l in keep},
         )
+
+    def purify(
+        self,
+        other: SteeringVector,
+        *,
+        target: float = 0.0,
+        method: PurifyMethod = "project",
+        mix: float = 1.0,
+    ) -> SteeringVector:
+        """Reduce what this vector shares with ``other``, per layer, keeping its raw norm.
+
+        "project": rotate within span(v, u) so cos(v', u) equals ``target`` exactly (0 = Gram-Schmidt).
+        "mix": v' = v/|v| - ``mix`` * cos(v, u) * u/|u|, rescaled to |v| (mix = 1 is again
+        orthogonalisation; smaller values remove part of the overlap).
+
+        Example:
+            >>> o_only = openness.purify(conscientiousness)          # cos(o_only, c) == 0 at every layer
+        """
+        if method not in ("project", "mix"):
+            raise SteerlensError(f"method={method!r}: expected 'project' or 'mix'")
+        if not -1 < target < 1:
+            raise SteerlensError(f"target cosine {target} must lie strictly between -1 and 1")
+        raw = {}
+        for l in self.layers:
+            if l not in other.directions:
+                raise SteerlensError(
+                    f"cannot purify: the other vector has no layer {l} (it has {other.layers})"
+                )
+            v, u = self.directions[l].double(), other.directions[l].double()
+            c = float(v @ u)
+            resid = v - c * u
+            if float(resid.norm()) < 1e-9:
+                raise SteerlensError(
+                    f"layer {l}: the vectors are parallel; nothing is left after purification"
+                )
+            if method == "project":
+                d = target * u + math.sqrt(1 - target**2) * (resid / resid.norm())
+            else:
+                d = v - mix * c * u
+                d = d / d.norm()
+            raw[l] = (d * self.raw_norms.get(l, 1.0)).float()
+        tag = f"purified({method}, target={target})" if method == "project" else f"purified(mix={mix})"
+        return self._with(raw, method=f"{self.method}|{tag}")
+
+    @classmethod
+    def orthogonalize(
+        cls, vectors: Mapping[str, SteeringVector], order: Sequence[str]
+    ) -> dict[str, SteeringVector]:
+        """Gram-Schmidt: the named vectors in ``order``, each purified against all earlier ones, per layer.
+
+        Example:
+            >>> ortho = SteeringVector.orthogonalize({"o": o, "c": c}, ["c", "o"])  # c kept, o made ⊥ c
+        """
+        out: dict[str, SteeringVector] = {}
+        for name in order:
+            v = vectors[name]
+            for prev in out.values():
+                v = v.purify(prev, target=0.0)
+            out[name] = v
+        return out
+
+    def remove_span(self, others: Sequence[SteeringVector]) -> SteeringVector:
+        """This vector with the span of ``others`` projected out per layer (raw norm kept).
+
+        Example:
+            >>> pure = {t: v.remove_span([o for s, o in vecs.items() if s != t]) for t, v in vecs.items()}
+        """
+        if not others:
+            raise SteerlensError("remove_span needs at least one other vector; got none")
+        raw = {}
+        for l in self.layers:
+            missing = [o for o in others if l not in o.directions]
+            if missing:
+                raise SteerlensError(f"cannot remove the span: {missing[0]!r} has no layer {l}")
+            q, _ = torch.linalg.qr(torch.stack([o.directions[l].double() for o in others], 1))
+            d = self.directions[l].double()
+            d = d - q @ (q.T @ d)
+            if float(d.norm()) < 1e-9:
+                raise SteerlensError(
+                    f"{self!r} lies in the span of the other vectors at layer {l}; nothing is left after purifying"
+                )
+            raw[l] = (d / d.norm() * self.raw_norms.get(l, 1.0)).float()
+        return self._with(raw, f"{self.method}|purified(all)")
+
+    @classmethod
+    def from_directions(
+        cls,
+        raw: Mapping[int, Tensor],
+        like: SteeringVector | None = None,
+        model: Model | None = None,
+        *,
+        method: str | None = None,
+    ) -> SteeringVector:
+        """A vector from raw per-layer directions (any norm; the norms become ``raw_norms``).
+
+        Metadata (model id, site, settings, residual norms of the layers kept) comes from ``like``; without it,
+        ``model`` gives the model id and d_model (no residual norms: use units "raw" or "vector"). With both,
+        the result is checked against ``model``. ``method`` defaults to ``like``'s, else "custom".
+
+        Example:
+            >>> mixed = SteeringVector.from_directions({6: 0.7 * a + 0.3 * b}, like=vec, method="mix")
+        """
+        if like is None:
+            if model is None:
+                raise SteerlensError("from_directions needs like= (a vector to copy metadata from) or model=")
+            d_model = model.cfg.d_model
+            like = cls({l: torch.ones(d_model) for l in raw}, model.name, d_model, method="custom")
+        out = like._with(dict(raw), method=like.method if method is None else method)
+        if model is not None:
+            out.check_model(model)
+        return out
 
     def _with(self, raw: dict[int, Tensor], method: str) -> SteeringVector:
         norms = {l: float(v.norm()) for l, v in raw.items()}
