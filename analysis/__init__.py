@@ -1,4 +1,5 @@
-"""Copy suppression and negative heads, recovery statistics, plotly figures, HTML report."""
+"""The studies (critique, copy suppression and negative heads), recovery statistics, plotly
+figures, HTML report."""
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
 from .circuits import (
@@ -22,6 +23,7 @@ from .copy_suppression import (
     copy_suppression_report,
 )
 from .corpus import PARAGRAPHS, corpus_windows
+from .critique import CritiqueConfig, CritiqueStudy
 from .decompose import FrozenNorm, LinearisationError, Run, check_additivity, head_results, run_decomposed
 from .ioi import IOIBatch, ioi_prompts
 from .negative_heads import (
@@ -39,6 +41,8 @@ __all__ = [
     "AntiInduction",
     "CSPAResult",
     "CopySuppressionReport",
+    "CritiqueConfig",
+    "CritiqueStudy",
     "DirectEffects",
     "EffectiveEmbedding",
     "FrozenNorm",

@@ -26,7 +26,8 @@ C = TypeVar("C", bound=StudyConfig)
 class Study(Protocol):
     """A finished study: its config, its numbers, its figures and the report sections that tell it."""
 
-    config: Any
+    @property
+    def config(self) -> Any: ...  # read-only, so a frozen dataclass field satisfies it
 
     def summary(self) -> dict[str, Any]: ...
 
