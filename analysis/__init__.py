@@ -1,5 +1,5 @@
-"""The studies (critique, copy suppression and negative heads), recovery statistics, plotly
-figures, HTML report."""
+"""The studies (critique, test-time scaling, copy suppression and negative heads), recovery statistics,
+plotly figures, HTML report."""
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
 from .circuits import (
@@ -35,6 +35,7 @@ from .negative_heads import (
     planted_suppression_head,
     self_repair,
 )
+from .scaling import ScalingComparison, ScalingConfig, ScalingStudy
 
 __all__ = [
     "PARAGRAPHS",
@@ -55,6 +56,9 @@ __all__ = [
     "QKRanks",
     "RankStats",
     "Run",
+    "ScalingComparison",
+    "ScalingConfig",
+    "ScalingStudy",
     "SelfRepair",
     "TokenSet",
     "anti_induction",

@@ -115,33 +115,13 @@ def run_demo(
         _adopt(sec, state["critique sections"]["detection"])
 
     def tts(sec: Section) -> None:
-        from steerlens.steering.tts import scaling_study
+        from .scaling import ScalingConfig
+        from .scaling import run as scaling_run
 
-        study = state["critique"]
-        comp = scaling_study(
-            lm,
-            study.critique.vector,
-            study.critique.layer,
-            out / "tts",
-            n_problems=sizes.tts_problems,
-            n=sizes.tts_samples,
-            rounds=sizes.tts_rounds,
-            probe=study.critique.probe,
-            probe_layer=study.critique.layer,
-            formats=(),
-        )
-        d = comp.to_dict(n_boot=500)
-        sec.text = (
-            "Parallel sampling (majority vote, best-of-N by the critique probe, weighted voting) and sequential "
-            "'Wait' rounds with budget forcing, unsteered vs critique-steered vs a random direction of equal "
-            "norm, on held-out problems."
-        )
-        for name, curves in d["parallel"].items():
-            last = curves["majority"][-1]
-            sec.numbers[f"majority@{last['samples']} {name}"] = last
-        for name, seq in d["sequential"].items():
-            sec.numbers[f"after {len(seq['accuracy']) - 1} 'Wait' rounds, {name}"] = seq["accuracy"][-1]
-        sec.figures["tts_curves"] = comp.figure()
+        cfg = ScalingConfig(n_problems=sizes.tts_problems, samples=sizes.tts_samples, rounds=sizes.tts_rounds)
+        study = scaling_run(lm, cfg, state["critique"], out / "tts")
+        study.save(out / "tts", formats=())
+        _adopt(sec, study.sections()[0])
 
     def personality(sec: Section) -> None:
         from steerlens.steering.personality import RANDOM, personality_study
