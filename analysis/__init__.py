@@ -1,13 +1,13 @@
-"""Copy suppression and negative heads, recovery statistics, plotly figures, HTML report.
-
-The copy-suppression study: ``copy_suppression.run(model, CopySuppressionConfig(...))`` ->
-``CopySuppressionReport`` (``save`` / ``load``, ``sections()`` for the report); its parts on their own below.
+"""The studies (critique, test-time scaling, personality, copy suppression and negative heads), plotly
+figures, the HTML report and the demo. Each study is a ``Config`` dataclass, ``run(model, cfg)`` and a
+``Study`` result with ``save`` / ``load`` / ``sections()`` (``analysis.study``).
 """
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
 from .circuits import EffectiveEmbedding, RankStats, TokenSet, effective_embedding, token_set
 from .copy_suppression import CopySuppressionConfig, CopySuppressionReport
 from .corpus import PARAGRAPHS, corpus_windows
+from .critique import CritiqueConfig, CritiqueStudy
 from .decompose import (
     FrozenNorm,
     LensModel,
@@ -22,6 +22,7 @@ from .ioi import IOIBatch, ioi_prompts
 from .negative_heads import NegativeHeads, find_negative_heads
 from .ov import OVRanks, ov_ranks
 from .qk import QKGrid, QKRanks, qk_grid, qk_ranks
+from .scaling import ScalingComparison, ScalingConfig, ScalingStudy
 from .self_repair import AntiInduction, SelfRepair, anti_induction, planted_suppression_head, self_repair
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "CSPAResult",
     "CopySuppressionConfig",
     "CopySuppressionReport",
+    "CritiqueConfig",
+    "CritiqueStudy",
     "DirectEffects",
     "EffectiveEmbedding",
     "FrozenNorm",
@@ -43,6 +46,9 @@ __all__ = [
     "QKRanks",
     "RankStats",
     "Run",
+    "ScalingComparison",
+    "ScalingConfig",
+    "ScalingStudy",
     "SelfRepair",
     "TokenSet",
     "anti_induction",

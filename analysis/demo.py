@@ -99,96 +99,32 @@ def run_demo(
     lm = steerlens.load(model)
 
     def critique(sec: Section) -> None:
-        from steerlens.steering.critique import critique_study
+        from .critique import CritiqueConfig
+        from .critique import run as critique_run
 
-        study = critique_study(
-            lm,
-            out / "critique",
-            n=sizes.critique_n,
-            n_detect=sizes.detect_n,
-            n_calibrate=sizes.calibrate_n,
-            alphas=sizes.alphas,
-            formats=(),  # the demo writes every figure once, under figures/
+        cfg = CritiqueConfig(
+            n=sizes.critique_n, n_detect=sizes.detect_n, n_calibrate=sizes.calibrate_n, alphas=sizes.alphas
         )
+        study = critique_run(lm, cfg, out / "critique")
+        study.save(out / "critique", formats=())  # the demo writes every figure once, under figures/
         state["critique"] = study
-        s = study.summary()
-        inj = s["injection"]
-        sec.text = (
-            f"{inj['n_problems']} synthetic 3-step addition problems; the model's own chain of thought had one "
-            "intermediate result replaced by a wrong value, and generation continued from there. The 2x2 table "
-            "crosses whether the rest of the reasoning was right with whether the final answer was."
-        )
-        sec.numbers.update(
-            {
-                "clean accuracy (no injection)": inj["clean_accuracy"],
-                **{f"2x2: {k}": v for k, v in inj["table_all"]["fractions"].items()},
-            }
-        )
-        sec.figures["injection_table"] = study.run.figure()
-        sec.examples = [
-            f"Question: {r.question}\n--- clean trace ---\n{r.trace}\n--- after injecting "
-            f"{r.injection.wrong if r.injection else '?'} ---\n{r.prefix}{r.continuation}\n[{r.category}]"
-            for r in study.run.injected[:3]
-        ]
+        state["critique sections"] = {s.id: s for s in study.sections()}
+        _adopt(sec, state["critique sections"]["injection"])
 
     def probes(sec: Section) -> None:
-        study = state["critique"]
-        p = study.summary()["probe"]
-        lo = p["test_auroc_ci"][0]
-        found = (
-            f"the probe separates them on held-out traces (AUROC CI lower bound {lo:.2f} > 0.5)"
-            if lo > 0.5
-            else f"no reliable linear signal on held-out traces here (AUROC CI reaches {lo:.2f} <= 0.5)"
-        )
-        sec.text = (
-            "Linear probes per layer are trained to tell corrupted from clean traces at the final-answer tokens; "
-            "the layer is chosen on a validation split and scored on a held-out test split, beside a "
-            f"shuffled-label control: {found}. The critique vector is the difference of means at that layer."
-        )
-        sec.numbers.update(
-            {
-                "chosen layer": p["chosen_layer"],
-                "test AUROC at chosen layer": p["test_auroc_at_chosen_layer"],
-                "95% CI": p["test_auroc_ci"],
-                "shuffled-label AUROC": p["shuffled_label_auroc_at_chosen_layer"],
-            }
-        )
-        sec.figures["probe_layers"] = study.critique.sweep.figure()
+        _adopt(sec, state["critique sections"]["probes"])
 
     def detection(sec: Section) -> None:
-        study = state["critique"]
-        sec.text = study.detection.verdict()
-        sec.numbers["verdict"] = study.detection.verdict()
-        sec.figures["detection_vs_alpha"] = study.detection.figure()
+        _adopt(sec, state["critique sections"]["detection"])
 
     def tts(sec: Section) -> None:
-        from steerlens.steering.tts import scaling_study
+        from .scaling import ScalingConfig
+        from .scaling import run as scaling_run
 
-        study = state["critique"]
-        comp = scaling_study(
-            lm,
-            study.critique.vector,
-            study.critique.layer,
-            out / "tts",
-            n_problems=sizes.tts_problems,
-            n=sizes.tts_samples,
-            rounds=sizes.tts_rounds,
-            probe=study.critique.probe,
-            probe_layer=study.critique.layer,
-            formats=(),
-        )
-        d = comp.to_dict(n_boot=500)
-        sec.text = (
-            "Parallel sampling (majority vote, best-of-N by the critique probe, weighted voting) and sequential "
-            "'Wait' rounds with budget forcing, unsteered vs critique-steered vs a random direction of equal "
-            "norm, on held-out problems."
-        )
-        for name, curves in d["parallel"].items():
-            last = curves["majority"][-1]
-            sec.numbers[f"majority@{last['samples']} {name}"] = last
-        for name, seq in d["sequential"].items():
-            sec.numbers[f"after {len(seq['accuracy']) - 1} 'Wait' rounds, {name}"] = seq["accuracy"][-1]
-        sec.figures["tts_curves"] = comp.figure()
+        cfg = ScalingConfig(n_problems=sizes.tts_problems, samples=sizes.tts_samples, rounds=sizes.tts_rounds)
+        study = scaling_run(lm, cfg, state["critique"], out / "tts")
+        study.save(out / "tts", formats=())
+        _adopt(sec, study.sections()[0])
 
     def personality(sec: Section) -> None:
         from .personality import PersonalityConfig, run
@@ -235,6 +171,17 @@ def run_demo(
         f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f"; FAILED steps: {failed}" if failed else "")
     )
     return path, sections
+
+
+def _adopt(sec: Section, built: Section) -> None:
+    """Fill a step's section with the contents of the section a study built (same id and title)."""
+    if (built.id, built.title) != (sec.id, sec.title):
+        raise AssertionError(f"step {sec.id!r} ({sec.title!r}) got section {built.id!r} ({built.title!r})")
+    sec.text = built.text
+    sec.numbers.update(built.numbers)
+    sec.figures.update(built.figures)
+    sec.tables.extend(built.tables)
+    sec.examples.extend(built.examples)
 
 
 def register(sub: Any) -> None:

@@ -13,27 +13,25 @@ every round / sample; ``per_round`` gives each sequential round its own list.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.figures import PALETTE, line_with_band, new_figure
 from steerlens.generation import generate, generate_detailed
 from steerlens.model import Model
+from steerlens.probes.linear import Logistic
 from steerlens.probes.traces import few_shot, reasoning_prompt, shot_problems
 from steerlens.sites import first_tensor
 from steerlens.stats import Estimate, bootstrap
 from steerlens.tasks import Problem, extract_answer, grade, normalize_answer
 
-from .apply import Intervention, Units, steer
+from .apply import Intervention, steer
 from .positions import Trigger, Window
 from .sampling import sample
 
@@ -456,10 +454,10 @@ def p_true_verifier(model: Model, interventions: Sequence[Intervention] = ()) ->
     return verify
 
 
-def probe_verifier(model: Model, probe: Any, layer: int) -> Verifier:
-    """A verifier scoring each sampled solution by 1 - P(error) of a linear probe (e.g. the critique probe,
-    ``CritiqueVector.probe``) on resid_post at ``layer``, averaged over the final-answer tokens (the span
-    the critique probe was trained on; the last token when a sample states no answer)."""
+def probe_verifier(model: Model, probe: Logistic, layer: int, name: str = "probe") -> Verifier:
+    """A verifier scoring each sampled solution by 1 - P(error) of a linear probe (e.g. an error probe
+    fitted on reasoning traces) on resid_post at ``layer``, averaged over the final-answer tokens (the last
+    token when a sample states no answer). ``name`` labels it in results' settings."""
 
     def verify(problem: Problem, solutions: list[str]) -> Sequence[float]:
         import torch
@@ -490,227 +488,5 @@ def probe_verifier(model: Model, probe: Any, layer: int) -> Verifier:
             scores.append(1.0 - float(probe.prob(feat)[0]))
         return scores
 
-    verify.__name__ = "critique_probe"
+    verify.__name__ = name
     return verify
-
-
-# ---- figures -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ScalingComparison:
-    """Accuracy-vs-N and accuracy-vs-rounds curves for several conditions (e.g. unsteered, critique-steered,
-    random-control-steered), drawn in one figure with 95% CIs."""
-
-    parallel: dict[str, ParallelResult]
-    sequential: dict[str, SequentialResult]
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self, n_boot: int = 1000) -> dict[str, Any]:
-        out: dict[str, Any] = {"settings": self.settings, "parallel": {}, "sequential": {}}
-        for name, pr in self.parallel.items():
-            out["parallel"][name] = {
-                how: [{**e.to_dict(), "samples": n, "tokens": t} for n, t, e in pr.curve(how, n_boot=n_boot)]
-                for how in pr.aggregations()
-            }
-        for name, sr in self.sequential.items():
-            out["sequential"][name] = {
-                "accuracy": [e.to_dict() for e in sr.accuracy(n_boot)],
-                "tokens": sr.tokens().mean(0).tolist(),
-                "transitions": [{k: v.to_dict() for k, v in t.items()} for t in sr.transitions(n_boot)],
-            }
-        return out
-
-    def figure(self) -> Any:
-        """Three panels sharing the accuracy axis: vs N (majority solid, best-of-N dashed, weighted dotted),
-        vs 'Wait' rounds, and vs generated tokens per problem (parallel circles, sequential squares)."""
-        from plotly.subplots import make_subplots
-
-        base = new_figure(f"Test-time scaling ({self.settings.get('model')})", "", "")
-        fig = make_subplots(
-            rows=1,
-            cols=3,
-            shared_yaxes=True,
-            subplot_titles=("parallel: N samples", "sequential: 'Wait' rounds", "accuracy vs compute"),
-        )
-        fig.update_layout(template=base.layout.template, title=base.layout.title, width=1200, height=440)
-        colours = {
-            name: PALETTE[k % len(PALETTE)]
-            for k, name in enumerate(dict.fromkeys([*self.parallel, *self.sequential]))
-        }
-        dashes = {"majority": None, "best": "dash", "weighted": "dot"}
-
-        def add(name: str, label: str, xs: list[float], est: list[Estimate], col: int, **style: Any) -> None:
-            sub = line_with_band(
-                new_figure("", "", ""),
-                xs,
-                [e.value for e in est],
-                [e.lo for e in est] if style.get("band", True) else None,  # one band per condition per panel
-                [e.hi for e in est] if style.get("band", True) else None,
-                label,
-                colours[name],
-                dash=style.get("dash"),
-            )
-            for tr in sub.data:
-                tr.legendgroup = name
-                tr.showlegend = bool(style.get("legend")) and tr.showlegend is not False
-                if style.get("symbol") and tr.mode:
-                    tr.marker.symbol = style["symbol"]
-                fig.add_trace(tr, row=1, col=col)
-
-        for name, pr in self.parallel.items():
-            for how in pr.aggregations():
-                pts = pr.curve(how)
-                label = name if how == "majority" else f"{name}, {how}"
-                add(
-                    name,
-                    label,
-                    [n for n, _, _ in pts],
-                    [e for *_, e in pts],
-                    1,
-                    dash=dashes[how],
-                    legend=True,
-                    band=how == "majority",
-                )
-            pts = pr.curve("majority")
-            add(name, name, [t for _, t, _ in pts], [e for *_, e in pts], 3, symbol="circle")
-        for name, sr in self.sequential.items():
-            acc = sr.accuracy()
-            add(name, name, list(range(len(acc))), acc, 2)
-            add(name, name, sr.tokens().mean(0).tolist(), acc, 3, symbol="square", dash="dash")
-        fig.update_xaxes(title_text="samples N", type="log", dtick=np.log10(2), row=1, col=1)
-        fig.update_xaxes(title_text="rounds of 'Wait'", dtick=1, row=1, col=2)
-        fig.update_xaxes(
-            title_text="generated tokens per problem", type="log", dtick=np.log10(2), row=1, col=3
-        )
-        fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=1)
-        fig.update_yaxes(range=[0, 1])
-        return fig
-
-
-def scaling_study(
-    model: Model,
-    vector: Any,
-    layer: int,
-    out: str | Path | None = None,
-    *,
-    n_problems: int = 24,
-    seed: int = 0,
-    n: int = 8,
-    rounds: int = 2,
-    budget: int = 64,
-    alpha: float = 0.1,
-    units: Units = "resid",
-    probe: Any = None,
-    probe_layer: int | None = None,
-    formats: Sequence[str] = ("html",),
-    progress: bool = True,
-) -> ScalingComparison:
-    """Parallel (majority over N) and sequential ("Wait" rounds) scaling on held-out synthetic problems for
-    three conditions: unsteered, steered with ``vector`` at ``layer`` on generated tokens, and steered with a
-    random direction of equal norm (the control). With ``out``: ``tts.json`` and the figure in ``formats``.
-
-    ``probe`` (e.g. the critique probe) scores samples for best-of-N at ``probe_layer``, the layer it was
-    fitted on, which need not be the steering ``layer``."""
-    if probe is not None and probe_layer is None:
-        raise SteerlensError(
-            "probe given without probe_layer: a probe only means something at the layer it was fitted on "
-            "(Logistic.load returns it in the metadata as 'layer')"
-        )
-    from steerlens.figures import save_figures
-    from steerlens.files import write_json
-    from steerlens.tasks import arithmetic_problems
-
-    say = print if progress else (lambda *a, **k: None)
-    problems = arithmetic_problems(n_problems, seed=seed + 5_000, steps=3, ops="+", max_operand=10)
-    at = vector.select([layer])
-    conditions = {
-        "unsteered": [],
-        f"critique (alpha {alpha})": [Intervention(at, alpha=alpha, units=units, positions="generated")],
-        f"random control (alpha {alpha})": [
-            Intervention(at.random_like(seed + 1), alpha=alpha, units=units, positions="generated")
-        ],
-    }
-    par, seq = {}, {}
-    for name, ivs in conditions.items():
-        say(f"      {name}: {n} samples x {n_problems} problems, then {rounds} 'Wait' rounds", flush=True)
-        verifier = probe_verifier(model, probe, probe_layer) if probe is not None else None  # type: ignore[arg-type]
-        par[name] = parallel(model, problems, n=n, seed=seed, interventions=ivs, verifier=verifier)
-        seq[name] = wait_stacking(model, problems, rounds=rounds, budget=budget, interventions=ivs)
-    settings = dict(
-        model=model.name,
-        n_problems=n_problems,
-        seed=seed,
-        n=n,
-        rounds=rounds,
-        budget=budget,
-        alpha=alpha,
-        units=units,
-        layer=layer,
-        probe_layer=probe_layer,
-    )
-    comp = ScalingComparison(par, seq, settings)
-    if out is not None:
-        out_p = Path(out)
-        write_json(out_p / "tts.json", comp.to_dict())
-        save_figures({"tts_curves": comp.figure()}, out_p, formats=formats)
-    return comp
-
-
-# ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
-
-
-def register(sub: Any) -> None:
-    """Add this study's subcommand to the ``steerlens`` CLI."""
-    p = sub.add_parser("tts", help="test-time scaling (parallel and 'Wait' rounds), steered vs unsteered")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--critique", default="runs/critique", help="a `steerlens critique` run directory")
-    p.add_argument("--layer", type=int, default=None, help="default: the layer the critique run chose")
-    p.add_argument("--out", default="runs/tts")
-    p.add_argument("--n-problems", type=int, default=24)
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--alpha", type=float, default=0.1, help="in residual-norm units")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    from steerlens import load
-    from steerlens.files import read_json
-    from steerlens.steering import SteeringVector
-    from steerlens.steering.tts import scaling_study
-
-    crit = Path(args.critique)
-    vec_path, metrics = crit / "critique_vector.safetensors", crit / "metrics.json"
-    if not vec_path.exists() or not metrics.exists():
-        raise SteerlensError(
-            f"no critique run in {crit} (need critique_vector.safetensors and metrics.json); run "
-            f"`steerlens critique --out {crit}` first"
-        )
-    layer = args.layer if args.layer is not None else int(read_json(metrics)["probe"]["chosen_layer"])
-    model = load(args.model)
-    probe, probe_layer = None, None
-    if (crit / "critique_probe.safetensors").exists():  # best-of-N with the critique probe as verifier
-        from steerlens.probes.linear import Logistic
-
-        probe, meta = Logistic.load(crit / "critique_probe.safetensors")
-        if "layer" not in meta:
-            raise SteerlensError(
-                f"{crit / 'critique_probe.safetensors'} does not record the layer it was fitted on; rerun "
-                f"`steerlens critique --out {crit}`"
-            )
-        probe_layer = int(meta["layer"])  # the probe reads its own layer, whatever --layer steers
-    comp = scaling_study(
-        model,
-        SteeringVector.load(vec_path, model=model),
-        layer,
-        args.out,
-        n_problems=args.n_problems,
-        n=args.samples,
-        rounds=args.rounds,
-        alpha=args.alpha,
-        seed=args.seed,
-        probe=probe,
-        probe_layer=probe_layer,
-    )
-    print(f"wrote {args.out}/tts.json and tts_curves.html ({len(comp.parallel)} conditions)")
-    return 0

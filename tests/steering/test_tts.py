@@ -9,7 +9,6 @@ from steerlens.steering.tts import (
     WAIT,
     ParallelResult,
     Round,
-    ScalingComparison,
     SequentialResult,
     aggregate,
     iterative_deepening,
@@ -46,18 +45,6 @@ def test_parallel_result_accuracy_vs_n():
     assert [n for n, _, _ in res.curve()] == [1, 2, 4]
     assert res.curve()[-1][1] == 30.0  # mean tokens per problem at N = 4
     assert res.aggregations() == ["majority", "best", "weighted"]
-
-    seq = SequentialResult(("a", "b"), tuple((Round("", "7", True, 3, False),) * 2 for _ in "ab"))
-    comp = ScalingComparison({"unsteered": res}, {"unsteered": seq}, {"model": "m"})
-    d = comp.to_dict(n_boot=50)
-    assert [p["samples"] for p in d["parallel"]["unsteered"]["best"]] == [1, 2, 4]
-    assert d["sequential"]["unsteered"]["tokens"] == [3.0, 6.0]  # cumulative per round
-    fig = comp.figure()
-    named = [t.name for t in fig.data if t.showlegend]
-    assert named == ["unsteered", "unsteered, best", "unsteered, weighted"]  # one legend entry per curve
-    assert {t.xaxis for t in fig.data} == {"x", "x2", "x3"}  # vs N, vs rounds, vs tokens
-    bands = [t.xaxis for t in fig.data if t.fill]
-    assert sorted(bands) == ["x", "x2", "x3", "x3"]  # one band per condition and panel (majority/greedy)
 
 
 def test_transition_metrics_by_hand():
@@ -216,29 +203,6 @@ def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, probl
     assert (got - ref).abs().max() <= 1e-4
 
 
-def test_scaling_study_reads_the_probe_at_its_own_layer(smol, smol_vec, problems, monkeypatch):
-    """Item 7: `steerlens tts --layer X` used to score best-of-N with the critique probe read at X."""
-    import torch
-
-    from steerlens.probes.linear import fit_logistic
-    from steerlens.steering import tts
-
-    probe = fit_logistic(
-        torch.randn(20, smol.cfg.d_model, generator=torch.Generator().manual_seed(0)), [0, 1] * 10
-    )
-    seen = []
-    real = tts.probe_verifier
-    monkeypatch.setattr(tts, "probe_verifier", lambda m, p, layer: seen.append(layer) or real(m, p, layer))
-    with pytest.raises(SteerlensError, match="probe_layer"):
-        tts.scaling_study(
-            smol, smol_vec, 10, n_problems=1, n=1, rounds=0, budget=4, probe=probe, progress=False
-        )
-    comp = tts.scaling_study(
-        smol, smol_vec, 10, n_problems=1, n=1, rounds=0, budget=4, probe=probe, probe_layer=20, progress=False
-    )
-    assert seen == [20, 20, 20] and comp.settings["probe_layer"] == 20
-
-
 def test_probe_verifier_matches_the_probe_on_collected_activations(smol, tmp_path):
     import torch
 
@@ -253,7 +217,9 @@ def test_probe_verifier_matches_the_probe_on_collected_activations(smol, tmp_pat
     assert meta == {"layer": 29} and torch.equal(loaded.w, probe.w)
     p = arithmetic_problems(1, seed=3)[0]
     sols = ["Step 1: 2 + 3 = 5\nAnswer: 5", "no answer here"]
-    got = probe_verifier(smol, loaded, 29)(p, sols)
+    verify = probe_verifier(smol, loaded, 29, name="error_probe")
+    assert verify.__name__ == "error_probe"  # the label results' settings carry
+    got = verify(p, sols)
     # reference: resid_post of the last layer (before the final norm) through steerlens.collect
     head = f"Question: {p.question}\n"
     ex = steerlens.Example.from_segments([(None, head + "Step 1: 2 + 3 = 5\nAnswer:"), ("answer", " 5")])
