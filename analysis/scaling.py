@@ -16,13 +16,13 @@ from typing import Any, ClassVar
 import numpy as np
 import plotly.graph_objects as go
 
-from steerlens.config import N_BOOT, StudyConfig
+from steerlens.config import StudyConfig
 from steerlens.errors import SteerlensError
 from steerlens.figures import PALETTE, line_with_band, new_figure, save_figures
 from steerlens.files import read_json, write_json
 from steerlens.model import Model
 from steerlens.probes.linear import Logistic
-from steerlens.stats import Estimate
+from steerlens.stats import N_BOOT, Estimate
 from steerlens.steering.apply import Intervention
 from steerlens.steering.tts import (
     ParallelResult,
@@ -212,10 +212,8 @@ def scaling_comparison(
         verifier = None
         if probe is not None and probe_layer is not None:
             verifier = probe_verifier(model, probe, probe_layer, name="critique_probe")
-        par[name] = parallel(
-            model, problems, n=cfg.samples, seed=cfg.seed, interventions=ivs, verifier=verifier
-        )
-        seq[name] = wait_stacking(model, problems, rounds=cfg.rounds, budget=cfg.budget, interventions=ivs)
+        par[name] = parallel(model, problems, n=cfg.samples, seed=cfg.seed, steering=ivs, verifier=verifier)
+        seq[name] = wait_stacking(model, problems, rounds=cfg.rounds, budget=cfg.budget, steering=ivs)
     settings = dict(
         model=model.name,
         n_problems=cfg.n_problems,

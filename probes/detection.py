@@ -147,7 +147,7 @@ def step_p_true(
     return out
 
 
-def earliest_error(p_by_step: Sequence[float], threshold: float = 0.5) -> int:
+def earliest_error(p_by_step: Sequence[float] | np.ndarray, threshold: float = 0.5) -> int:
     """The first step whose prefix the model judges wrong (P(True) < threshold), or -1."""
     for k, p in enumerate(p_by_step):
         if p < threshold:

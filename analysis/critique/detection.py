@@ -15,14 +15,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from steerlens.config import N_BOOT
 from steerlens.errors import SteerlensError
 from steerlens.figures import GREY, PALETTE, line_with_band, new_figure
 from steerlens.model import Model
 from steerlens.probes.detection import earliest_error, step_p_true
 from steerlens.probes.scoring import StepItem, processbench_score
-from steerlens.stats import Estimate, auroc, bootstrap
-from steerlens.steering.apply import Intervention, steer
+from steerlens.stats import N_BOOT, Estimate, auroc, bootstrap
+from steerlens.steering import RowSteering
 from steerlens.steering.vector import SteeringVector, Units
 
 from .vector import CritiqueVector
@@ -266,10 +265,8 @@ def _step_probs(
         rows = [(i, a) for i in range(len(items)) for a in steered]
         batch_items = [items[i] for i, _ in rows]
 
-        def ctx(batch: list[int], vec: SteeringVector = vec, rows: list[tuple[int, float]] = rows) -> Any:
-            return steer(model, Intervention(vec, alpha=[rows[r][1] for r in batch], units=units))
-
-        got = step_p_true(model, batch_items, batch_size=batch_size, context=ctx)
+        sweep = RowSteering.sweep([vec], [a for _, a in rows], units=units)
+        got = step_p_true(model, batch_items, batch_size=batch_size, steering=sweep)
         for a_idx, alpha in enumerate(steered):
             probs[(name, float(alpha))] = got[a_idx :: len(steered)]
     return probs

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import plotly.graph_objects as go
 
-from steerlens.config import N_BOOT, StudyConfig
+from steerlens.config import StudyConfig
 from steerlens.errors import SteerlensError
 from steerlens.figures import save_figures
 from steerlens.files import read_json, write_json
@@ -21,6 +21,7 @@ from steerlens.model import Model
 from steerlens.probes.detection import synthetic_detection_set
 from steerlens.probes.linear import Logistic
 from steerlens.probes.traces import InjectionRun, error_injected_reasoning
+from steerlens.stats import N_BOOT
 from steerlens.steering.vector import SteeringVector, Units
 
 from ..report import Section

@@ -18,18 +18,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.collect import collect
-from steerlens.config import N_BOOT
 from steerlens.errors import SteerlensError
 from steerlens.inputs import Example
 from steerlens.model import Model
 from steerlens.probes.linear import LayerSweep, Logistic, ProbeScore, fit_logistic, group_split, probe_layers
 from steerlens.probes.traces import InjectionRun, trace_examples
-from steerlens.steering.build import vector_from_activations
+from steerlens.stats import N_BOOT
+from steerlens.steering.build import Method, vector_from_activations
 from steerlens.steering.vector import SteeringVector
 from steerlens.store import ActivationStore
 
 Span = Literal["injected", "after", "answer"]  # the trace tokens a vector and its probes read
-Method = Literal["mean", "pca", "probe"]  # steering.build.AGGREGATORS
 Pool = Literal["mean", "last"]  # how a span's tokens become one row
 Context = Literal["question", "prompt"]  # what precedes the trace when collecting
 SPANS: tuple[Span, ...] = get_args(Span)

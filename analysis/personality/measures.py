@@ -8,22 +8,20 @@ resamples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
 import plotly.graph_objects as go
 
-from steerlens.config import N_BOOT
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import GREY, PALETTE, line_with_band, new_figure
 from steerlens.model import Model
 from steerlens.probes.personality_data import PERSONAS, TRAITS, ContrastPair
 from steerlens.probes.questionnaire import Item, administer, item_prompt, items, keyed_scores
-from steerlens.stats import Estimate, bootstrap, mean_ci
-from steerlens.steering import Intervention, SteeringVector, steer
+from steerlens.stats import N_BOOT, Estimate, bootstrap, mean_ci
+from steerlens.steering import RowSteering, SteeringVector
 from steerlens.steering.vector import Units
 
 from .figures import dose_figure
@@ -32,24 +30,10 @@ from .vectors import RANDOM, TraitActivations, held_out_split
 Steered: TypeAlias = SteeringVector | Sequence[SteeringVector] | None
 
 
-def _row_context(
-    model: Model, vec: Steered, alphas: Sequence[float], units: Units
-) -> Callable[[list[int]], ExitStack]:
-    """A batch context steering every vector in ``vec`` (together) with each row's own alpha."""
-    vecs: list[SteeringVector] = (
-        [] if vec is None else [vec] if isinstance(vec, SteeringVector) else list(vec)
-    )
-
-    def ctx(rows: list[int]) -> ExitStack:
-        stack = ExitStack()
-        if vecs:
-            a = [float(alphas[r]) for r in rows]
-            stack.enter_context(
-                steer(model, *[Intervention(v, alpha=a, units=units, positions="all") for v in vecs])
-            )
-        return stack
-
-    return ctx
+def row_steering(vec: Steered, alphas: Sequence[float], units: Units) -> RowSteering:
+    """Every vector in ``vec`` added together, dataset row ``i`` with ``alphas[i]`` (nothing for None)."""
+    vecs = [] if vec is None else [vec] if isinstance(vec, SteeringVector) else list(vec)
+    return RowSteering.sweep(vecs, alphas, units=units, positions="all")
 
 
 def questionnaire_scores(
@@ -72,9 +56,7 @@ def questionnaire_scores(
     prompts = [item_prompt(model, it, persona) for it in qitems]
     flat = [p for _ in alphas for p in prompts]
     row_alpha = [a for a in alphas for _ in prompts]
-    ans = administer(
-        model, flat, batch_size=batch_size, context=_row_context(model, vector, row_alpha, units)
-    )
+    ans = administer(model, flat, batch_size=batch_size, steering=row_steering(vector, row_alpha, units))
     keyed = keyed_scores(ans.probs, [it.reverse for it in qitems] * len(alphas))
     shape = (len(alphas), len(qitems))
     return keyed.reshape(shape).numpy(), ans.mass.reshape(shape).numpy()
@@ -268,7 +250,7 @@ def _preference(
         prompts * len(alphas),
         conts * len(alphas),
         batch_size=batch_size,
-        context=_row_context(model, vec, row_alpha, units),
+        steering=row_steering(vec, row_alpha, units),
     )
     per_tok = lp.numpy().reshape(len(alphas), len(prompts)) / n_tok
     return per_tok[:, 0::2] - per_tok[:, 1::2]

@@ -4,25 +4,22 @@ steering, each paired with the unsteered run on the same problems."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import numpy as np
 
-from steerlens.config import N_BOOT
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.model import Model
-from steerlens.stats import Estimate, bootstrap
-from steerlens.steering import SteeringVector
+from steerlens.stats import N_BOOT, Estimate, bootstrap
+from steerlens.steering import RowSteering, SteeringVector
 from steerlens.steering.vector import Units
 
-from .measures import _row_context
+from .measures import row_steering
 
 Measure = Literal["accuracy", "logprob", "mc_accuracy"]
-RowContext = Callable[[list[int]], AbstractContextManager[Any]]
 
 
 class MCItem(TypedDict):
@@ -113,9 +110,9 @@ def capability(
     prompts = [shots + p for p in prompts]
 
     def run(vec: SteeringVector | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        ctx = _row_context(model, vec, [alpha] * max(len(prompts), len(mc_items or [])), units)
-        lp, ok = continuation_logprobs(model, prompts, answers, batch_size=batch_size, context=ctx)
-        mc = multiple_choice_correct(model, mc_items, ctx, batch_size) if mc_items else None
+        rs = row_steering(vec, [alpha] * max(len(prompts), len(mc_items or [])), units)
+        lp, ok = continuation_logprobs(model, prompts, answers, batch_size=batch_size, steering=rs)
+        mc = multiple_choice_correct(model, mc_items, rs, batch_size) if mc_items else None
         return lp.numpy(), ok.numpy(), mc
 
     b_lp, b_ok, b_mc = run(None)
@@ -159,7 +156,7 @@ def load_multiple_choice(path: str | Path) -> list[MCItem]:
 
 
 def multiple_choice_correct(
-    model: Model, mc: Sequence[MCItem], context: RowContext | None = None, batch_size: int = 32
+    model: Model, mc: Sequence[MCItem], steering: RowSteering | None = None, batch_size: int = 32
 ) -> np.ndarray:
     """Whether the letter with the highest next-token probability is the right one, per item."""
     from steerlens.generation import next_token_logprobs
@@ -175,6 +172,6 @@ def multiple_choice_correct(
         m["question"] + "\n" + "".join(f"{letters[k]}. {c}\n" for k, c in enumerate(m["choices"])) + "Answer:"
         for m in mc
     ]
-    lp = next_token_logprobs(model, prompts, ids, batch_size=batch_size, context=context)
+    lp = next_token_logprobs(model, prompts, ids, batch_size=batch_size, steering=steering)
     pick = [int(lp[i, : len(m["choices"])].argmax()) for i, m in enumerate(mc)]
     return np.array([p == m["answer"] for p, m in zip(pick, mc, strict=True)])

@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from steerlens.config import N_BOOT
 from steerlens.figures import PALETTE, bars_with_ci, new_figure
 from steerlens.model import Model
 from steerlens.probes.questionnaire import items
-from steerlens.stats import Estimate
+from steerlens.stats import N_BOOT, Estimate
 from steerlens.steering import SteeringVector
 from steerlens.steering.vector import Units
 

@@ -18,10 +18,10 @@ from typing import Any, ClassVar, Self
 
 import plotly.graph_objects as go
 
-from steerlens.config import N_BOOT, StudyConfig
+from steerlens.config import StudyConfig
 from steerlens.files import read_json
 from steerlens.model import Model
-from steerlens.stats import Estimate
+from steerlens.stats import N_BOOT, Estimate
 from steerlens.steering import SteeringVector
 from steerlens.steering.vector import Units
 

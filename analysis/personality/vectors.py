@@ -25,11 +25,10 @@ from steerlens.model import Model
 from steerlens.probes.personality_data import TRAITS, ContrastPair, check_trait, contrast_pairs
 from steerlens.stats import auroc
 from steerlens.steering import SteeringVector
-from steerlens.steering.build import AGGREGATORS, vector_from_activations
+from steerlens.steering.build import AGGREGATORS, Method, vector_from_activations
 
 RANDOM = "random"  # the condition name of the random-direction control
 Trait = Literal["openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"]
-Method = Literal["mean", "pca", "probe"]
 
 
 def _example(situation: str, reaction: str) -> Example:
@@ -193,7 +192,7 @@ def held_out_split(a: TraitActivations, test_fraction: float, seed: int) -> tupl
 
 
 def trait_vector(
-    model: Model, a: TraitActivations, rows: Sequence[int], method: str, seed: int
+    model: Model, a: TraitActivations, rows: Sequence[int], method: Method, seed: int
 ) -> SteeringVector:
     """The ``method`` vector of ``a``'s pairs ``rows``, at every layer."""
     if method not in AGGREGATORS:

@@ -134,7 +134,7 @@ def test_parallel_steered_runs(smol, smol_vec, problems):
 
     def run(alpha):
         ivs = [Intervention(vec, alpha=alpha, units="resid", positions="generated")] if alpha else []
-        return parallel(smol, problems[:2], n=4, max_new_tokens=20, interventions=ivs)
+        return parallel(smol, problems[:2], n=4, max_new_tokens=20, steering=ivs)
 
     res = run(0.1)
     assert len(res.answers) == 2 and all(len(a) == 4 for a in res.answers)
