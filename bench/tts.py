@@ -21,9 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import steerlens
-from steerlens.probes.traces import few_shot, reasoning_prompt, shot_problems
 from steerlens.steering.sampling import sample
-from steerlens.tasks import arithmetic_problems
+from steerlens.tasks import arithmetic_problems, few_shot, reasoning_prompt, shot_problems
 
 
 def main() -> None:

@@ -28,7 +28,9 @@ FORMAT = "steerlens.vector/1"
 Units = Literal["vector", "raw", "resid"]
 UNITS: tuple[Units, ...] = ("vector", "raw", "resid")
 PurifyMethod = Literal["project", "mix"]
-_REBUILD = "Save the vector again (SteeringVector.save) or rebuild it with steerlens.steering.build_vector"
+REBUILD_HINT = (
+    "Save the vector again (SteeringVector.save) or rebuild it with steerlens.steering.build_vector"
+)
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,7 @@ class SteeringVector:
         if path.suffix == ".gguf":
             raise SteerlensError(f"{path} is a GGUF file; use SteeringVector.from_gguf(path, model)")
         with (
-            reading(path, "steerlens vector (safetensors)", _REBUILD),
+            reading(path, "steerlens vector (safetensors)", REBUILD_HINT),
             safe_open(str(path), framework="pt") as f,
         ):
             raw_meta = (f.metadata() or {}).get("steerlens")
@@ -372,81 +374,16 @@ class SteeringVector:
     def to_gguf(
         self, path: str | Path, alpha: float = 1.0, units: Units = "vector", model_hint: str = ""
     ) -> Path:
-        """Export as a llama.cpp control vector: ``direction.{l}`` holds the vector added to layer ``l``'s output.
+        """Export as a llama.cpp control vector (``steering.gguf.write_control_vector``)."""
+        from .gguf import write_control_vector
 
-        llama.cpp adds ``direction.N`` to the output of (0-based) layer N, i.e. our ``blocks.N.hook_resid_post``,
-        and cannot steer layer 0; the tensors hold ``alpha`` times one unit of ``units``.
-        """
-        import gguf
-        import numpy as np
-
-        if self.site != "hook_resid_post":
-            raise SteerlensError(
-                f"llama.cpp control vectors act on resid_post; this vector is at {self.site}"
-            )
-        if 0 in self.directions:
-            raise SteerlensError(
-                "llama.cpp control vectors cannot steer layer 0; export vec.select(range(1, n))"
-            )
-        path = Path(path)
-
-        def write(tmp: Path) -> None:
-            w = gguf.GGUFWriter(str(tmp), "controlvector")
-            w.add_string("controlvector.model_hint", model_hint or self.model_id)
-            w.add_uint32("controlvector.layer_count", len(self.directions))
-            w.add_string(
-                "steerlens.metadata", json.dumps({**self.metadata(), "alpha": alpha, "units": units})
-            )
-            for l in self.layers:
-                v = self.directions[l] * alpha * self.scale(l, units)
-                w.add_tensor(f"direction.{l}", v.detach().float().cpu().numpy().astype(np.float32))
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-            w.close()
-
-        return atomic_write(path, write)
+        return write_control_vector(self, path, alpha, units, model_hint)
 
     @classmethod
     def from_gguf(
         cls, path: str | Path, model: Model | None = None, model_id: str | None = None
     ) -> SteeringVector:
-        """Import a llama.cpp / repeng control vector; raw norms are the stored tensors' norms (units="vector"
-        with alpha 1 reproduces the file). steerlens' own exports round-trip their metadata too."""
-        import gguf
+        """Import a llama.cpp / repeng control vector (``steering.gguf.read_control_vector``)."""
+        from .gguf import read_control_vector
 
-        with reading(path, "llama.cpp control vector (GGUF)", _REBUILD):
-            reader = gguf.GGUFReader(str(path))
-        fields = {f.name: f for f in reader.fields.values()}
-
-        def field_str(name: str) -> str | None:
-            f = fields.get(name)
-            return None if f is None else bytes(f.parts[f.data[0]]).decode()
-
-        dirs = {
-            int(t.name.split(".")[1]): torch.tensor(t.data.copy()).float().reshape(-1)
-            for t in reader.tensors
-            if t.name.startswith("direction.")
-        }
-        if not dirs:
-            raise SteerlensError(f"{path} holds no direction.N tensors; is it a control vector?")
-        meta = json.loads(field_str("steerlens.metadata") or "{}")
-        d_model = next(iter(dirs.values())).shape[0]
-        norms = {l: float(v.norm()) for l, v in dirs.items()}
-        resid = {int(k): v for k, v in meta.get("resid_norms", {}).items()}
-        vec = cls(
-            directions={l: v / norms[l] for l, v in dirs.items()},
-            model_id=model_id
-            or meta.get("model_id")
-            or (model.name if model else field_str("controlvector.model_hint") or ""),
-            d_model=d_model,
-            site="hook_resid_post",
-            method=meta.get("method", "gguf"),
-            raw_norms=norms,
-            resid_norms=resid,
-            dataset_hash=meta.get("dataset_hash", ""),
-            settings={**meta.get("settings", {}), "imported_from": str(path)},
-        )
-        if model is not None:
-            vec.check_model(model)
-        return vec
+        return read_control_vector(path, model, model_id)

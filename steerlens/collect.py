@@ -68,21 +68,7 @@ def collect(
     keep = [pos.select(i, t) for i, t in enumerate(tokens)]
     if not any(keep):
         raise EmptyInput(f"positions {pos.spec!r} select no tokens in any of the {len(tokens)} inputs")
-    d_hash = dataset_hash(model.name, tokens, keep)
-    dtype_name = str(dtype).removeprefix("torch.")
-    manifest = {
-        "model": model.name,
-        "d_model": model.cfg.d_model,
-        "sites": [s.name for s in site_objs],
-        "site_shapes": {s.name: list(s.shape) for s in site_objs},
-        "positions": pos.spec,
-        "dtype": dtype_name,
-        "model_dtype": str(model.dtype).removeprefix("torch."),
-        "steering": model.steering_key(),  # activations under steer() are not the unsteered ones
-        "dataset_hash": d_hash,
-        "n_examples": len(tokens),
-        "n_rows": sum(map(len, keep)),
-    }
+    manifest = _manifest(model, site_objs, pos, tokens, keep, dtype)
     if path is None:
         from .weights import cache_root
 
@@ -95,6 +81,30 @@ def collect(
     _run(model, store, site_objs, tokens, keep, batch_size, dtype, int(shard_mb * 2**20), progress)
     store.mark_complete()
     return store
+
+
+def _manifest(
+    model: Model,
+    sites: list[Site],
+    pos: TokenSelection,
+    tokens: list[Tokenized],
+    keep: list[list[int]],
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """Everything that decides a store's rows: the cache key and the check made before reusing a store."""
+    return {
+        "model": model.name,
+        "d_model": model.cfg.d_model,
+        "sites": [s.name for s in sites],
+        "site_shapes": {s.name: list(s.shape) for s in sites},
+        "positions": pos.spec,
+        "dtype": str(dtype).removeprefix("torch."),
+        "model_dtype": str(model.dtype).removeprefix("torch."),
+        "steering": model.steering_key(),  # activations under steer() are not the unsteered ones
+        "dataset_hash": dataset_hash(model.name, tokens, keep),
+        "n_examples": len(tokens),
+        "n_rows": sum(map(len, keep)),
+    }
 
 
 def _check_folded_sites(model: Model, sites: list[Site]) -> None:

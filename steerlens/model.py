@@ -232,24 +232,7 @@ def load(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path in EMBEDDED:
-        from .weights import cached_model_dir
-
-        entry = EMBEDDED[name_or_path]
-        source: str | Path = cached_model_dir(entry)
-        tl_name: str | None = entry.hf_id
-        lens_kind: LensKind = entry.lens
-    elif Path(name_or_path).expanduser().is_dir():
-        source, tl_name, lens_kind = Path(name_or_path).expanduser(), None, "bridge"
-    elif "/" in name_or_path or name_or_path in _tl_official_names():
-        source, tl_name = name_or_path, name_or_path
-        lens_kind = "hooked" if name_or_path in _tl_official_names() else "bridge"
-    else:
-        raise ModelNotAvailable(
-            f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
-            "directory, and not a Hugging Face id like 'org/name'. Use one of the embedded names, or a path "
-            "to a directory holding config.json and weights"
-        )
+    source, tl_name, lens_kind = _resolve(name_or_path)
     if lens != "auto":
         if lens != "hooked" and lens != "bridge":
             raise SteerlensError(f"lens={lens!r}: expected 'auto', 'hooked' or 'bridge'")
@@ -274,6 +257,24 @@ def load(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Model(name_or_path, hf, tokenizer, tl_name=tl_name, lens_kind=lens_kind)
+
+
+def _resolve(name_or_path: str) -> tuple[str | Path, str | None, LensKind]:
+    """Where the weights come from, the TransformerLens name (if any) and which lens fits."""
+    if name_or_path in EMBEDDED:
+        from .weights import cached_model_dir
+
+        entry = EMBEDDED[name_or_path]
+        return cached_model_dir(entry), entry.hf_id, entry.lens
+    if Path(name_or_path).expanduser().is_dir():
+        return Path(name_or_path).expanduser(), None, "bridge"
+    if "/" in name_or_path or name_or_path in _tl_official_names():
+        return name_or_path, name_or_path, "hooked" if name_or_path in _tl_official_names() else "bridge"
+    raise ModelNotAvailable(
+        f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
+        "directory, and not a Hugging Face id like 'org/name'. Use one of the embedded names, or a path "
+        "to a directory holding config.json and weights"
+    )
 
 
 def twin_module(module: nn.Module) -> nn.Module:

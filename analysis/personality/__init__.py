@@ -16,7 +16,6 @@ from .measures import (
 from .side_effects import (
     Capability,
     MCItem,
-    arithmetic_items,
     capability,
     load_multiple_choice,
     multiple_choice_correct,
@@ -49,7 +48,6 @@ __all__ = [
     "Trait",
     "TraitActivations",
     "TraitVectors",
-    "arithmetic_items",
     "capability",
     "dose_response",
     "held_out_split",

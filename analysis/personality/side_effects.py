@@ -16,6 +16,7 @@ from steerlens.model import Model
 from steerlens.stats import N_BOOT, Estimate, bootstrap
 from steerlens.steering import RowSteering, SteeringVector
 from steerlens.steering.vector import Units
+from steerlens.tasks import one_step_items
 
 from .measures import row_steering
 
@@ -74,17 +75,6 @@ class Capability:
         }
 
 
-def arithmetic_items(n: int = 48, seed: int = 0) -> tuple[list[str], list[str]]:
-    """One-step problems ``"Q: 23 + 45 =" -> " 68"`` for a cheap, teacher-forced capability probe."""
-    rng = np.random.default_rng(seed)
-    prompts, answers = [], []
-    for _ in range(n):
-        a, b = (int(x) for x in rng.integers(2, 60, size=2))
-        prompts.append(f"Q: {a} + {b} =")
-        answers.append(f" {a + b}")
-    return prompts, answers
-
-
 def capability(
     model: Model,
     vectors: dict[str, SteeringVector],
@@ -106,7 +96,7 @@ def capability(
     from steerlens.generation import continuation_logprobs
 
     shots = "Q: 3 + 4 = 7\nQ: 12 + 30 = 42\n"
-    prompts, answers = arithmetic_items(n_problems, seed)
+    prompts, answers = one_step_items(n_problems, seed)
     prompts = [shots + p for p in prompts]
 
     def run(vec: SteeringVector | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
