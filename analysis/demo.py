@@ -13,51 +13,90 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from steerlens.files import write_json
+from steerlens.model import Model
 
+from .copy_suppression import CopySuppressionConfig
+from .critique import CritiqueConfig, CritiqueStudy
+from .personality import PersonalityConfig
 from .report import Section, write_report
-
-if TYPE_CHECKING:
-    from .personality import Trait
+from .scaling import ScalingConfig
 
 
 @dataclass(frozen=True)
-class DemoSizes:
-    """How much each step does; ``quick`` is for tests and smoke runs, the default fits 30 min on 2 cores."""
+class DemoPlan:
+    """The demo is these four study configs; ``default()`` fits 30 min on 2 cores, ``quick()`` is a smoke run
+    (each study's own ``.quick()`` sizes)."""
 
-    critique_n: int = 120
-    detect_n: int = 60
-    calibrate_n: int = 40
-    alphas: tuple[float, ...] = (-0.2, -0.1, 0.0, 0.1, 0.2)
-    tts_problems: int = 12
-    tts_samples: int = 8
-    tts_rounds: int = 2
-    personality_alphas: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5)
-    personality_traits: tuple[Trait, ...] = (
-        "openness",
-        "conscientiousness",
-        "extraversion",
-        "agreeableness",
-        "neuroticism",
-    )
-    personality_stability: bool = False
-    copy_quick: bool = False
+    critique: CritiqueConfig
+    scaling: ScalingConfig
+    personality: PersonalityConfig
+    copy_suppression: CopySuppressionConfig
+
+    @classmethod
+    def default(cls) -> DemoPlan:
+        return cls(
+            CritiqueConfig(n=120, n_detect=60, n_calibrate=40, alphas=(-0.2, -0.1, 0.0, 0.1, 0.2)),
+            ScalingConfig(n_problems=12, samples=8, rounds=2),
+            PersonalityConfig(with_stability=False),
+            CopySuppressionConfig(),
+        )
+
+    @classmethod
+    def quick(cls) -> DemoPlan:
+        return cls(
+            CritiqueConfig.quick(),
+            ScalingConfig.quick(),
+            PersonalityConfig.quick(),
+            CopySuppressionConfig.quick(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_dict() for k in self.__dataclass_fields__}
 
 
-QUICK = DemoSizes(
-    critique_n=24,
-    detect_n=12,
-    calibrate_n=8,
-    alphas=(-0.2, 0.0, 0.2),
-    tts_problems=3,
-    tts_samples=2,
-    tts_rounds=1,
-    personality_alphas=(-0.5, 0.0, 0.5),
-    personality_traits=("conscientiousness", "extraversion"),
-    copy_quick=True,
-)
+Step = tuple[str, str, Callable[[], list[Section]]]  # (section id, title if it fails, run -> its sections)
+
+
+def demo_steps(plan: DemoPlan, lm: Model, copy_model: Model | Callable[[], Model], out: Path) -> list[Step]:
+    """The demo's steps in order; each runs one study, saves it under ``out`` and returns its sections."""
+    from .copy_suppression import run as run_copy
+    from .critique import run as run_critique
+    from .personality import run as run_personality
+    from .scaling import run as run_scaling
+
+    done: dict[str, CritiqueStudy] = {}
+
+    def critique() -> list[Section]:
+        done["critique"] = run_critique(lm, plan.critique, out / "critique")
+        return _saved(done["critique"], out / "critique")
+
+    def scaling() -> list[Section]:
+        if "critique" not in done:
+            raise RuntimeError("test-time scaling needs the critique study, which failed")
+        return _saved(run_scaling(lm, plan.scaling, done["critique"]), out / "tts")
+
+    def copy_suppression() -> list[Section]:
+        cm = copy_model if isinstance(copy_model, Model) else copy_model()
+        return _saved(run_copy(cm, plan.copy_suppression), out / "copy_suppression")
+
+    return [
+        ("injection", "Error-injected reasoning, probes and error detection", critique),
+        ("tts", "Test-time scaling, steered vs unsteered", scaling),
+        (
+            "personality",
+            "Personality",
+            lambda: _saved(run_personality(lm, plan.personality), out / "personality"),
+        ),
+        ("copy_suppression", "Copy suppression: negative heads", copy_suppression),
+    ]
+
+
+def _saved(study: Any, where: Path) -> list[Section]:
+    study.save(where, formats=())  # the demo writes every figure once, under figures/
+    return list(study.sections())
 
 
 def run_demo(
@@ -68,120 +107,53 @@ def run_demo(
     quick: bool = False,
     formats: tuple[str, ...] = ("html", "png"),
 ) -> tuple[Path, list[Section]]:
-    """Run every step, write figures (HTML + PNG), metrics JSON and ``report.html`` under ``out``."""
+    """Run every study of the plan, write figures (HTML + PNG), metrics JSON and ``report.html`` under ``out``.
+
+    A failing study is reported (console, report, exit code) and the others still run.
+    """
     import steerlens
 
-    sizes = QUICK if quick else DemoSizes()
+    plan = DemoPlan.quick() if quick else DemoPlan.default()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    steps = demo_steps(plan, steerlens.load(model), lambda: steerlens.load(copy_model), out)
     sections: list[Section] = []
-    steps = 6
-    state: dict[str, Any] = {}
-
-    def step(k: int, title: str, sid: str, fn: Callable[[Section], None]) -> None:
-        print(f"[{k}/{steps}] {title}  (elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
-        sec = Section(sid, title)
-        t = time.perf_counter()
-        try:
-            fn(sec)
-        except Exception as e:  # report, keep going: the other steps are independent
-            sec.error = f"{type(e).__name__}: {e}"
-            print(f"      FAILED: {sec.error}", flush=True)
-            (out / f"{sid}.error.txt").write_text(traceback.format_exc())
-        sec.numbers["seconds"] = round(time.perf_counter() - t, 1)
-        if sec.figures:
-            from steerlens.figures import save_figures
-
-            save_figures(sec.figures, out / "figures", formats=formats)
-        sections.append(sec)
-
-    lm = steerlens.load(model)
-
-    def critique(sec: Section) -> None:
-        from .critique import CritiqueConfig
-        from .critique import run as critique_run
-
-        cfg = CritiqueConfig(
-            n=sizes.critique_n, n_detect=sizes.detect_n, n_calibrate=sizes.calibrate_n, alphas=sizes.alphas
-        )
-        study = critique_run(lm, cfg, out / "critique")
-        study.save(out / "critique", formats=())  # the demo writes every figure once, under figures/
-        state["critique"] = study
-        state["critique sections"] = {s.id: s for s in study.sections()}
-        _adopt(sec, state["critique sections"]["injection"])
-
-    def probes(sec: Section) -> None:
-        _adopt(sec, state["critique sections"]["probes"])
-
-    def detection(sec: Section) -> None:
-        _adopt(sec, state["critique sections"]["detection"])
-
-    def tts(sec: Section) -> None:
-        from .scaling import ScalingConfig
-        from .scaling import run as scaling_run
-
-        cfg = ScalingConfig(n_problems=sizes.tts_problems, samples=sizes.tts_samples, rounds=sizes.tts_rounds)
-        study = scaling_run(lm, cfg, state["critique"], out / "tts")
-        study.save(out / "tts", formats=())
-        _adopt(sec, study.sections()[0])
-
-    def personality(sec: Section) -> None:
-        from .personality import PersonalityConfig, run
-
-        cfg = PersonalityConfig(
-            traits=sizes.personality_traits,
-            alphas=sizes.personality_alphas,
-            with_stability=sizes.personality_stability,
-            n_boot=500,  # the demo's intervals have always used 500 resamples
-        )
-        study = run(lm, cfg)
-        study.save(out / "personality", formats=())
-        (made,) = study.sections()
-        sec.text, sec.numbers, sec.tables, sec.figures = made.text, made.numbers, made.tables, made.figures
-
-    def copy_suppression(sec: Section) -> None:
-        from .copy_suppression import CopySuppressionConfig, run
-
-        cfg = CopySuppressionConfig.quick() if sizes.copy_quick else CopySuppressionConfig()
-        report = run(steerlens.load(copy_model), cfg)
-        report.save(out / "copy_suppression", formats=())  # the demo writes the figures, under figures/
-        done = report.sections()[0]
-        sec.text, sec.tables = done.text, done.tables
-        sec.numbers.update(done.numbers)
-        sec.figures.update(done.figures)
-
-    step(1, "Error-injected reasoning and the 2x2 table", "injection", critique)
-    step(2, "Probes and the critique vector", "probes", probes)
-    step(3, "Error detection vs alpha, with controls", "detection", detection)
-    step(4, "Test-time scaling, steered vs unsteered", "tts", tts)
-    step(5, "Personality: dose-response, leakage, prompting baseline", "personality", personality)
-    step(6, "Copy suppression: negative heads", "copy_suppression", copy_suppression)
+    for k, (sid, title, fn) in enumerate(steps, 1):
+        print(f"[{k}/{len(steps)}] {title}  (elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
+        sections += _run_step(sid, title, fn, out, formats)
     settings = {
         "model": model,
         "copy-suppression model": copy_model,
         "sizes": "quick" if quick else "default",
-        **{k: str(v) for k, v in sizes.__dict__.items()},
+        **plan.to_dict(),
         "total seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "demo.json", {"settings": settings, "sections": {s.id: s.numbers for s in sections}})
     path = write_report(sections, out / "report.html", "steerlens demo report", settings)
     failed = [s.id for s in sections if s.error]
-    print(
-        f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f"; FAILED steps: {failed}" if failed else "")
-    )
+    print(f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
     return path, sections
 
 
-def _adopt(sec: Section, built: Section) -> None:
-    """Fill a step's section with the contents of the section a study built (same id and title)."""
-    if (built.id, built.title) != (sec.id, sec.title):
-        raise AssertionError(f"step {sec.id!r} ({sec.title!r}) got section {built.id!r} ({built.title!r})")
-    sec.text = built.text
-    sec.numbers.update(built.numbers)
-    sec.figures.update(built.figures)
-    sec.tables.extend(built.tables)
-    sec.examples.extend(built.examples)
+def _run_step(
+    sid: str, title: str, fn: Callable[[], list[Section]], out: Path, formats: tuple[str, ...]
+) -> list[Section]:
+    """Run one study; its sections get the seconds it took (on the first) and their figures are written."""
+    from steerlens.figures import save_figures
+
+    t = time.perf_counter()
+    try:
+        made = fn()
+    except Exception as e:  # report, keep going: the other studies are independent
+        made = [Section(sid, title, error=f"{type(e).__name__}: {e}")]
+        print(f"      FAILED: {made[0].error}", flush=True)
+        (out / f"{sid}.error.txt").write_text(traceback.format_exc())
+    for i, sec in enumerate(made):
+        sec.numbers["seconds"] = round(time.perf_counter() - t, 1) if i == 0 else 0.0
+        if sec.figures:
+            save_figures(sec.figures, out / "figures", formats=formats)
+    return made
 
 
 def register(sub: Any) -> None:

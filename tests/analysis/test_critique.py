@@ -15,7 +15,6 @@ from steerlens.analysis.critique import (
     detection_sweep,
     register,
 )
-from steerlens.analysis.demo import QUICK as DEMO_QUICK
 from steerlens.cli import main
 from steerlens.config import N_BOOT
 from steerlens.errors import SteerlensError
@@ -159,12 +158,7 @@ def test_config_defaults_flags_and_quick_sizes():
     )
     assert cfg.alphas == (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2) and cfg.n_boot == N_BOOT
     quick = CritiqueConfig.quick()
-    assert (quick.n, quick.n_detect, quick.n_calibrate, quick.alphas) == (
-        DEMO_QUICK.critique_n,
-        DEMO_QUICK.detect_n,
-        DEMO_QUICK.calibrate_n,
-        DEMO_QUICK.alphas,
-    )
+    assert (quick.n, quick.n_detect, quick.n_calibrate, quick.alphas) == (24, 12, 8, (-0.2, 0.0, 0.2))
     assert CritiqueConfig.from_dict(json.loads(json.dumps(quick.to_dict()))) == quick
     args = _parser().parse_args(["critique", "--alphas=-0.1,0,0.1", "--mode", "templated", "--n-boot", "7"])
     got = CritiqueConfig.from_args(args)

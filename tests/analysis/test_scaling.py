@@ -16,7 +16,6 @@ from steerlens.analysis.critique import (
     DetectionPoint,
     DetectionSweep,
 )
-from steerlens.analysis.demo import QUICK as DEMO_QUICK
 from steerlens.analysis.scaling import (
     ScalingComparison,
     ScalingConfig,
@@ -100,11 +99,7 @@ def test_config_defaults_flags_and_quick_sizes():
     )
     assert cfg.n_boot == N_BOOT
     quick = ScalingConfig.quick()
-    assert (quick.n_problems, quick.samples, quick.rounds) == (
-        DEMO_QUICK.tts_problems,
-        DEMO_QUICK.tts_samples,
-        DEMO_QUICK.tts_rounds,
-    )
+    assert (quick.n_problems, quick.samples, quick.rounds) == (3, 2, 1)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["tts", "--critique", "somewhere", "--samples", "4", "--layer", "7"])
