@@ -9,8 +9,7 @@ For GPT-2 Small the paper's head is L10H7 (and L11H10); here the head defaults t
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +20,7 @@ from steerlens.config import StudyConfig
 from steerlens.errors import SteerlensError
 from steerlens.figures import save_figures
 from steerlens.files import read_json, write_json
+from steerlens.progress import Stages
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
 from .circuits import Variant, effective_embedding, token_set
@@ -261,42 +261,24 @@ def _saved_config(out: Path, settings: dict[str, Any]) -> CopySuppressionConfig:
 # ---- the study ----------------------------------------------------------------------------------------
 
 
-class _Stopwatch:
-    """Seconds per stage, each stage timed from the end of the previous one, and logged."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.seconds: dict[str, float] = {}
-        self.log = log
-        self._t0 = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(now - self._t0, 2)
-        self._t0 = now
-        self.log(f"{name}: {self.seconds[name]:.1f} s")
-
-
-def _quiet(line: str) -> None:
-    pass
-
-
 def run(
     model: LensModel,
     cfg: CopySuppressionConfig,
     out: str | Path | None = None,
     *,
-    log: Callable[[str], None] = _quiet,
+    progress: bool = False,
 ) -> CopySuppressionReport:
     """Scan every head (OV/QK), rank negative heads, then study ``cfg.head`` (default: the top negative
     head) with OV ranks (both effective embeddings, and over the whole vocabulary for ``cfg.vocab_tokens``
-    tokens), the QK grid, CSPA, anti-induction and IOI self-repair. ``log`` gets one line per stage. The
+    tokens), the QK grid, CSPA, anti-induction and IOI self-repair. ``progress`` prints one line per stage with its seconds. The
     study keeps no checkpoint, so ``out`` is unused: ``save`` writes everything.
 
     Example:
         >>> report = run(steerlens.load("gemma-3-270m"), CopySuppressionConfig.quick())
         >>> report.save("runs/copy_suppression"); report.summary()["cspa_effect_explained"]
     """
-    stage = _Stopwatch(log)
+    say = Stages("copy-suppression", 1, progress)
+    stage = say.lap
     sample = token_set(model, cfg.n_tokens, seed=cfg.seed)
     emb = effective_embedding(model, sample, cfg.variant)
     scan = scan_heads(model, sample, embedding=emb)
@@ -314,7 +296,7 @@ def run(
     )  # fmt: skip
     stage("find_negative_heads")
     layer, h = parse_head(cfg.head) or neg.top(1)[0]
-    log(f"head: L{layer}H{h} (top negative heads {neg.top(5)})")
+    say.note(f"head: L{layer}H{h} (top negative heads {neg.top(5)})")
     ov = ov_ranks(model, layer, h, sample, embedding=emb)
     ov_mlp0 = ov_ranks(model, layer, h, sample, variant="mlp0")
     vocab_sample = token_set(model, cfg.vocab_tokens, seed=cfg.seed)
@@ -330,7 +312,7 @@ def run(
     return CopySuppressionReport(
         config=cfg, model=getattr(model, "name", str(model)), head=(layer, h), negative_heads=neg, scan=scan,
         ov=ov, ov_mlp0=ov_mlp0, ov_vocab=ov_vocab, qk=qk, direct=direct, cspa=cs, anti_induction=anti,
-        self_repair=repair, additivity_error=additivity, seconds=stage.seconds,
+        self_repair=repair, additivity_error=additivity, seconds=say.seconds,
     )  # fmt: skip
 
 
@@ -353,4 +335,4 @@ def register(sub: Any) -> argparse.ArgumentParser:
 def _command(
     model: Model, cfg: CopySuppressionConfig, out: Path, args: argparse.Namespace
 ) -> CopySuppressionReport:
-    return run(model, cfg, out, log=lambda line: print(f"  {line}", flush=True))
+    return run(model, cfg, out, progress=True)

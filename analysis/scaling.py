@@ -22,6 +22,7 @@ from steerlens.figures import PALETTE, line_with_band, new_figure, save_figures
 from steerlens.files import read_json, write_json
 from steerlens.model import Model
 from steerlens.probes.linear import Logistic
+from steerlens.progress import Stages
 from steerlens.stats import N_BOOT, Estimate
 from steerlens.steering.apply import Intervention
 from steerlens.steering.tts import (
@@ -189,7 +190,7 @@ def scaling_comparison(
             "probe given without probe_layer: a probe only means something at the layer it was fitted on "
             "(Logistic.load returns it in the metadata as 'layer')"
         )
-    say: Callable[..., None] = print if progress else (lambda *a, **k: None)
+    say = Stages("tts", 3, progress)
     problems = arithmetic_problems(cfg.n_problems, seed=cfg.seed + 5_000, steps=3, ops="+", max_operand=10)
     at = vector.select([layer])
     conditions: dict[str, list[Intervention]] = {
@@ -205,9 +206,8 @@ def scaling_comparison(
     }
     par, seq = {}, {}
     for name, ivs in conditions.items():
-        say(
-            f"      {name}: {cfg.samples} samples x {cfg.n_problems} problems, then {cfg.rounds} 'Wait' rounds",
-            flush=True,
+        say.stage(
+            f"{name}: {cfg.samples} samples x {cfg.n_problems} problems, then {cfg.rounds} 'Wait' rounds"
         )
         verifier = None
         if probe is not None and probe_layer is not None:

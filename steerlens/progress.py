@@ -23,12 +23,14 @@ class Stages:
         >>> say = Stages("critique", 3)
         >>> say.stage("error-injected reasoning on 200 problems")
         >>> say.note("2x2 on 200 injected: ...")
+        >>> say.lap("forward pass")                   # seconds since the previous lap, kept in say.seconds
     """
 
     def __init__(self, name: str, total: int, enabled: bool = True):
         self.name, self.total, self.enabled = name, total, enabled
         self.k = 0
-        self.t0 = time.perf_counter()
+        self.t0 = self._mark = time.perf_counter()
+        self.seconds: dict[str, float] = {}  # per lap, for runs that record where the time went
 
     def stage(self, text: str) -> None:
         """Start the next stage."""
@@ -38,6 +40,13 @@ class Stages:
     def note(self, text: str) -> None:
         """A detail of the current stage."""
         self._print(f"      {text}")
+
+    def lap(self, name: str) -> None:
+        """The work called ``name`` ends now: record its seconds (since the previous lap) and print them."""
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._mark, 2)
+        self._mark = now
+        self.note(f"{name}: {self.seconds[name]:.1f} s")
 
     def _print(self, line: str) -> None:
         if self.enabled:

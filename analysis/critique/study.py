@@ -6,7 +6,7 @@ rebuilds a finished run from that directory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,6 +21,7 @@ from steerlens.model import Model
 from steerlens.probes.detection import synthetic_detection_set
 from steerlens.probes.linear import Logistic
 from steerlens.probes.traces import InjectionRun, error_injected_reasoning
+from steerlens.progress import Stages
 from steerlens.stats import N_BOOT
 from steerlens.steering.vector import SteeringVector, Units
 
@@ -242,12 +243,12 @@ def run(
         >>> study = run(model, CritiqueConfig.quick(), Path("runs/critique"))
         >>> study.save("runs/critique"); study.detection.verdict()
     """
-    say: Callable[..., None] = print if progress else (lambda *a, **k: None)
+    say = Stages("critique", 3, progress)
     out_p = Path(out) if out is not None else None
     inj, fresh = _injection(model, cfg, out_p / RECORDS if out_p else None, say, progress)
     t = inj.table()
-    say(f"      2x2 on {t['n']} injected: {t['fractions']}", flush=True)
-    say(f"[critique 2/3] probes per layer at '{cfg.span}' tokens and the critique vector", flush=True)
+    say.note(f"2x2 on {t['n']} injected: {t['fractions']}")
+    say.stage(f"probes per layer at '{cfg.span}' tokens and the critique vector")
     cv = critique_vector(
         model,
         inj,
@@ -260,14 +261,10 @@ def run(
         overwrite=fresh,  # stores of a replaced run hold its traces, not these
     )
     sc = cv.sweep.score(cv.layer)
-    say(
-        f"      layer {cv.layer} (chosen on validation): test AUROC {sc.auroc:.3f}, shuffled {sc.shuffled_auroc:.3f}",
-        flush=True,
+    say.note(
+        f"layer {cv.layer} (chosen on validation): test AUROC {sc.auroc:.3f}, shuffled {sc.shuffled_auroc:.3f}"
     )
-    say(
-        f"[critique 3/3] error detection vs alpha on {cfg.n_detect} held-out items (+ random control)",
-        flush=True,
-    )
+    say.stage(f"error detection vs alpha on {cfg.n_detect} held-out items (+ random control)")
     items = synthetic_detection_set(cfg.n_detect, seed=cfg.seed + 1_000)
     calib = synthetic_detection_set(cfg.n_calibrate, seed=cfg.seed + 2_000) if cfg.n_calibrate else []
     det = detection_sweep(
@@ -281,12 +278,12 @@ def run(
         n_boot=cfg.n_boot,
         batch_size=cfg.batch_size,
     )
-    say(f"      {det.verdict()}", flush=True)
+    say.note(det.verdict())
     return CritiqueStudy(cfg, inj, cv, det)
 
 
 def _injection(
-    model: Model, cfg: CritiqueConfig, records: Path | None, say: Callable[..., None], progress: bool
+    model: Model, cfg: CritiqueConfig, records: Path | None, say: Stages, progress: bool
 ) -> tuple[InjectionRun, bool]:
     """Step 1: the checkpointed records when they were made with these settings, else a fresh run (saved
     to ``records``). Also says whether a checkpoint of another run was replaced."""
@@ -301,12 +298,12 @@ def _injection(
     )
     fresh = inj is not None and not resumable(inj, wanted)
     if fresh:
-        say(f"[critique 1/3] {records} holds another run's records ({wanted} asked): recomputing", flush=True)
+        say.note(f"{records} holds another run's records ({wanted} asked): recomputing")
         inj = None
     if inj is not None:
-        say(f"[critique 1/3] reusing {records}", flush=True)
+        say.stage(f"reusing {records}")
         return inj, fresh
-    say(f"[critique 1/3] error-injected reasoning on {cfg.n} problems ({cfg.mode})", flush=True)
+    say.stage(f"error-injected reasoning on {cfg.n} problems ({cfg.mode})")
     inj = error_injected_reasoning(
         model,
         n=cfg.n,

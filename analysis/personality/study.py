@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from steerlens.config import StudyConfig
 from steerlens.files import read_json
 from steerlens.model import Model
+from steerlens.progress import Stages
 from steerlens.stats import N_BOOT, Estimate
 from steerlens.steering import SteeringVector
 from steerlens.steering.vector import Units
@@ -271,28 +272,28 @@ def run(
         >>> study = run(steerlens.load("smollm2-135m-instruct"), PersonalityConfig.quick())
         >>> study.summary()["extraversion"]["verdict"]
     """
-    say = print if progress else (lambda *a, **k: None)
+    say = Stages("personality", 5 if cfg.with_stability else 4, progress)
     traits: list[str] = list(cfg.traits)
     alphas, units = cfg.alphas, cfg.units
-    say(f"      contrastive activations for {len(traits)} traits", flush=True)
+    say.stage(f"contrastive activations for {len(traits)} traits")
     acts = trait_activations(model, traits)
     tv = trait_vectors(model, acts, method=cfg.method, seed=cfg.seed, layer=cfg.layer)
     singles = {t: tv.at_layer(t) for t in traits}
-    say(f"      steering layer {tv.layer}; questionnaire dose-response", flush=True)
+    say.stage(f"steering layer {tv.layer}; questionnaire dose-response")
     conds = {**singles, RANDOM: singles[traits[0]].random_like(cfg.seed + 1)}
     dose = dose_response(model, conds, alphas, traits=traits, units=units)
     purified = dose_response(model, purified_vectors(singles), alphas, traits=traits, units=units)
-    say("      held-out reactions under steering", flush=True)
+    say.stage("held-out reactions under steering")
     reactions = reaction_preference(
         model, acts, singles, alphas, control=conds[RANDOM], seed=cfg.seed, units=units
     )
-    say("      prompting baseline, side effects", flush=True)
+    say.stage("prompting baseline, side effects")
     prompting = prompting_baseline(model, traits)
     mc_items = load_multiple_choice(cfg.mc) if cfg.mc else None
     cap = capability(model, conds, max(alphas, key=abs), units=units, seed=cfg.seed, mc_items=mc_items)
     stab = None
     if cfg.with_stability:
-        say("      stability over methods, splits and trait pairs", flush=True)
+        say.stage("stability over methods, splits and trait pairs")
         stab = stability(
             model, acts, tv.layer, alpha=max(abs(a) for a in alphas), units=units, n_boot=cfg.n_boot
         )
