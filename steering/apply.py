@@ -134,8 +134,8 @@ def _parse(
             raise SteerlensError("steer() takes a SteeringVector (plus options) or Intervention objects")
     for iv in ivs:
         iv.vector.check_model(model)
-        if iv.vector.site != "hook_resid_post":
-            raise SteerlensError(f"steer() acts on resid_post; this vector is at {iv.vector.site}")
+        if iv.vector.site_kind != "hook_resid_post":
+            raise SteerlensError(f"steer() acts on resid_post; this vector is at {iv.vector.site_kind}")
         _ = iv.steered_layers
     return ivs
 

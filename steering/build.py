@@ -18,7 +18,7 @@ from steerlens.collect import collect
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.model import Model
 from steerlens.probes.linear import fit_logistic
-from steerlens.sites import SiteKind
+from steerlens.sites import SiteKind, as_site_kind
 from steerlens.store import ActivationStore
 
 from .vector import SteeringVector
@@ -100,7 +100,7 @@ def build_vector(
         {l: neg[by_layer[l][1]] for l in chosen},
         model_id=pos.model,
         d_model=pos.manifest["d_model"],
-        site=kinds.pop(),
+        site_kind=as_site_kind(kinds.pop()),
         method=method,
         seed=seed,
         dataset_hash=hashlib.sha256((pos.dataset_hash + neg.dataset_hash).encode()).hexdigest(),
@@ -120,7 +120,7 @@ def vector_from_activations(
     *,
     model_id: str,
     d_model: int,
-    site: str = "hook_resid_post",
+    site_kind: SiteKind = "hook_resid_post",
     method: Method | Aggregator = "mean",
     seed: int = 0,
     dataset_hash: str = "",
@@ -146,7 +146,7 @@ def vector_from_activations(
         directions=dirs,
         model_id=model_id,
         d_model=d_model,
-        site=site,
+        site_kind=site_kind,
         method=name,
         raw_norms=raw,
         resid_norms=resid,

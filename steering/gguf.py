@@ -32,8 +32,10 @@ def write_control_vector(
     import gguf
     import numpy as np
 
-    if vec.site != "hook_resid_post":
-        raise SteerlensError(f"llama.cpp control vectors act on resid_post; this vector is at {vec.site}")
+    if vec.site_kind != "hook_resid_post":
+        raise SteerlensError(
+            f"llama.cpp control vectors act on resid_post; this vector is at {vec.site_kind}"
+        )
     if 0 in vec.directions:
         raise SteerlensError("llama.cpp control vectors cannot steer layer 0; export vec.select(range(1, n))")
     path = Path(path)
@@ -86,7 +88,7 @@ def read_control_vector(
         or meta.get("model_id")
         or (model.name if model else field_str("controlvector.model_hint") or ""),
         d_model=d_model,
-        site="hook_resid_post",
+        site_kind="hook_resid_post",
         method=meta.get("method", "gguf"),
         raw_norms=norms,
         resid_norms=resid,

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from steerlens.errors import SteerlensError, StoreMismatch
 from steerlens.files import atomic_write, reading
+from steerlens.sites import SiteKind
 
 if TYPE_CHECKING:
     from steerlens.model import Model
@@ -45,7 +46,7 @@ class SteeringVector:
     directions: dict[int, Float[Tensor, " d_model"]]
     model_id: str
     d_model: int
-    site: str = "hook_resid_post"
+    site_kind: SiteKind = "hook_resid_post"  # which residual site of every layer the directions live at
     method: str = "mean"
     raw_norms: dict[int, float] = field(default_factory=dict)
     resid_norms: dict[int, float] = field(default_factory=dict)
@@ -86,7 +87,7 @@ class SteeringVector:
 
     def __repr__(self) -> str:
         return (
-            f"SteeringVector({self.model_id!r}, {self.method}, site={self.site}, layers={self.layers}, "
+            f"SteeringVector({self.model_id!r}, {self.method}, site_kind={self.site_kind}, layers={self.layers}, "
             f"d_model={self.d_model})"
         )
 
@@ -125,7 +126,7 @@ class SteeringVector:
 
     # ---- algebra ------------------------------------------------------------------------------------
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
-        if other.d_model != self.d_model or other.site != self.site:
+        if other.d_model != self.d_model or other.site_kind != self.site_kind:
             raise SteerlensError("can only combine vectors with the same d_model and site")
         layers = sorted(set(self.directions) & set(other.directions))
         if not layers:
@@ -319,7 +320,7 @@ class SteeringVector:
             "format": FORMAT,
             "model_id": self.model_id,
             "d_model": self.d_model,
-            "site": self.site,
+            "site": self.site_kind,  # the file key stays "site" (files written before the rename load)
             "method": self.method,
             "raw_norms": {str(k): v for k, v in self.raw_norms.items()},
             "resid_norms": {str(k): v for k, v in self.resid_norms.items()},
@@ -360,7 +361,7 @@ class SteeringVector:
             directions=dirs,
             model_id=meta["model_id"],
             d_model=meta["d_model"],
-            site=meta["site"],
+            site_kind=meta["site"],
             method=meta["method"],
             raw_norms={int(k): v for k, v in meta["raw_norms"].items()},
             resid_norms={int(k): v for k, v in meta["resid_norms"].items()},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -29,6 +29,15 @@ SiteKind = Literal[
     "mlp.hook_post",
     "ln_final.hook_normalized",
 ]
+SITE_KINDS: tuple[SiteKind, ...] = get_args(SiteKind)
+
+
+def as_site_kind(kind: str) -> SiteKind:
+    """``kind`` checked against the site kinds steerlens knows."""
+    if kind not in SITE_KINDS:
+        raise SiteError(f"unknown site kind {kind!r}; expected one of {list(SITE_KINDS)}")
+    return cast(SiteKind, kind)
+
 
 # Residual-stream layout of the two families we support natively. "sandwich" models (Gemma 2/3) normalise
 # each sublayer's output before adding it to the residual, so attn_out / mlp_out are those norms' outputs.
