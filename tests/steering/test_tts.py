@@ -145,7 +145,7 @@ def test_parallel_steered_runs(smol, smol_vec, problems):
 
 
 def _thinking(smol, problems):
-    from steerlens.steering.tts import _prompts
+    from steerlens.steering.tts.sequential import _prompts
 
     prompt = _prompts(smol, problems[:1], 3)[0]
     return prompt, "Step 1: 3 + 4 = 7\nStep 2: 7 + 2 = 9"
@@ -158,7 +158,7 @@ def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems)
     import torch
 
     from steerlens.steering import steer
-    from steerlens.steering.tts import MARKER, _Replay
+    from steerlens.steering.tts.sequential import MARKER, _Replay
 
     from .reference import hf_reference
 
@@ -167,7 +167,7 @@ def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems)
     replay = _Replay(smol, [prompt])
     replay.start_round([iv], None)
     ids = torch.tensor(smol.tokenize(prompt + thinking + WAIT + "Step 1" + MARKER))
-    with replay.context([0]):
+    with replay.steering().batch(smol, [0]):
         got = smol.hf(ids).logits
     ref = hf_reference(smol, [iv], ids, torch.ones_like(ids), [replay.prompt_lens[0]])
     assert (got - ref).abs().max() <= 1e-4
@@ -180,7 +180,7 @@ def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, probl
     import torch
 
     from steerlens.steering import Window
-    from steerlens.steering.tts import _Replay
+    from steerlens.steering.tts.sequential import _Replay
 
     from .reference import hf_reference
 
@@ -193,7 +193,7 @@ def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, probl
     replay.start_round([second], [prompt + thinking])
     ids = torch.tensor(smol.tokenize(prompt + thinking + WAIT + "Step"))
     cut = len(smol.tokenize(prompt + thinking)[0])
-    with replay.context([0]):
+    with replay.steering().batch(smol, [0]):
         got = smol.hf(ids).logits
     ref_ivs = [
         Intervention(vec, alpha=0.4, units="resid", positions=Window(replay.prompt_lens[0], cut)),
