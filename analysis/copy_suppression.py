@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import plotly.graph_objects as go
 
-from steerlens.config import StudyConfig
+from steerlens.config import StudyConfig, SubParsers
 from steerlens.errors import SteerlensError
 from steerlens.figures import save_figures
 from steerlens.files import read_json, write_json
@@ -319,7 +319,7 @@ def run(
 # ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
 
 
-def register(sub: Any) -> argparse.ArgumentParser:
+def register(sub: SubParsers) -> argparse.ArgumentParser:
     """``steerlens copy-suppression``: one flag per ``CopySuppressionConfig`` field (``--head 10.7``,
     ``--n-tokens``, ...), ``--model`` (default gemma-3-270m; ``gpt2`` for the paper's model) and ``--quick``."""
     return add_study_command(

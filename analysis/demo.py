@@ -8,6 +8,7 @@ code) and the rest still run; nothing already written is lost.
 
 from __future__ import annotations
 
+import argparse
 import time
 import traceback
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerlens.config import SubParsers
 from steerlens.files import write_json
 from steerlens.model import Model
 
@@ -23,6 +25,7 @@ from .critique import CritiqueConfig, CritiqueStudy
 from .personality import PersonalityConfig
 from .report import Section, write_report
 from .scaling import ScalingConfig
+from .study import Study
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def demo_steps(plan: DemoPlan, lm: Model, copy_model: Model | Callable[[], Model
     ]
 
 
-def _saved(study: Any, where: Path) -> list[Section]:
+def _saved(study: Study, where: Path) -> list[Section]:
     study.save(where, formats=())  # the demo writes every figure once, under figures/
     return list(study.sections())
 
@@ -156,7 +159,7 @@ def _run_step(
     return made
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """``steerlens demo``: registered through the ``steerlens.commands`` entry point."""
     from steerlens.registry import DEFAULT_MODEL
 
@@ -168,6 +171,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_main)
 
 
-def _main(args: Any) -> int:
+def _main(args: argparse.Namespace) -> int:
     _, sections = run_demo(args.out, model=args.model, copy_model=args.copy_model, quick=args.quick)
     return 1 if any(s.error for s in sections) else 0

@@ -8,6 +8,7 @@ The loops themselves are mechanism (``steering.tts``); this module is the study:
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import plotly.graph_objects as go
 
-from steerlens.config import StudyConfig
+from steerlens.config import StudyConfig, SubParsers
 from steerlens.errors import SteerlensError
 from steerlens.figures import PALETTE, line_with_band, new_figure, save_figures
 from steerlens.files import read_json, write_json
@@ -339,13 +340,13 @@ def run(
 # ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """``steerlens tts --critique DIR``: one flag per ``ScalingConfig`` field, ``--quick`` for smoke sizes."""
 
-    def critique_dir(p: Any) -> None:
+    def critique_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument("--critique", default="runs/critique", help="a `steerlens critique` run directory")
 
-    def main(model: Model, cfg: ScalingConfig, out: Path, args: Any) -> ScalingStudy:
+    def main(model: Model, cfg: ScalingConfig, out: Path, args: argparse.Namespace) -> ScalingStudy:
         return run(model, cfg, CritiqueStudy.load(args.critique, model=model), out)
 
     add_study_command(

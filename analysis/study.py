@@ -15,7 +15,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import plotly.graph_objects as go
 
-from steerlens.config import StudyConfig
+from steerlens.config import StudyConfig, SubParsers
 from steerlens.model import Model
 
 from .report import Section
@@ -42,7 +42,7 @@ class Study(Protocol):
 
 
 def add_study_command(
-    sub: Any,
+    sub: SubParsers,
     name: str,
     help: str,
     config: type[C],

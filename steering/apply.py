@@ -143,7 +143,7 @@ def _parse(
 _DEFAULTS: dict[str, Any] = {"alpha": 1.0, "op": "add", "positions": "all", "units": "vector", "layers": None}
 
 
-def _is_default(name: str, value: Any) -> bool:
+def _is_default(name: str, value: object) -> bool:
     d = _DEFAULTS[name]
     return value is d or (type(value) in (int, float, str) and value == d)
 
@@ -215,7 +215,7 @@ def steer(
     fingerprint = "|".join(iv.fingerprint() for iv in ivs)
     handle = Steering(ivs, state, frozenset(l for l, _ in folds), me, fingerprint)
     handles: list[RemovableHandle] = []
-    restore: list[tuple[nn.Linear, Any]] = []
+    restore: list[tuple[nn.Linear, nn.Parameter | None]] = []
     model._steering.append(handle)
     try:
         for tree in model.hf_trees():  # hf itself, and a TransformerBridge's twin of it
@@ -229,7 +229,7 @@ def steer(
         for h in handles:
             h.remove()
         for proj, bias in reversed(restore):
-            proj.bias = bias
+            proj.register_parameter("bias", bias)
         model._steering.remove(handle)
 
 
@@ -288,7 +288,9 @@ def _let_compiled_code_see_hooks() -> None:
 
 
 def _fold(
-    tree: nn.Module, folds: list[tuple[int, Intervention]], restore: list[tuple[nn.Linear, Any]]
+    tree: nn.Module,
+    folds: list[tuple[int, Intervention]],
+    restore: list[tuple[nn.Linear, nn.Parameter | None]],
 ) -> None:
     """Add each folded intervention's static vector to its layer's down_proj bias. Every projection is
     checked before any is changed, and each change is recorded in ``restore`` before it is made."""

@@ -19,7 +19,7 @@ import torch
 from steerlens.errors import SteerlensError
 from steerlens.model import Model
 
-from .apply import Intervention, steer
+from .apply import Intervention, Steering, steer
 from .positions import Positions, Window
 from .vector import SteeringVector, Units
 
@@ -77,7 +77,7 @@ class RowSteering:
         return [_select(iv, list(rows)) for iv in self.interventions]
 
     @contextlib.contextmanager
-    def batch(self, model: Model, rows: Sequence[int]) -> Iterator[Any]:
+    def batch(self, model: Model, rows: Sequence[int]) -> Iterator[Steering | None]:
         """Steer ``model`` for one batch of ``rows`` (nothing when there are no interventions)."""
         if not self.interventions:
             yield None
@@ -105,7 +105,7 @@ def _rows_of(iv: Intervention) -> int | None:
     return None
 
 
-def _pick(bound: Any, rows: list[int]) -> Any:
+def _pick(bound: int | tuple[int, ...], rows: list[int]) -> int | tuple[int, ...]:
     return tuple(bound[r] for r in rows) if isinstance(bound, tuple) else bound
 
 
@@ -116,5 +116,5 @@ def _select(iv: Intervention, rows: list[int]) -> Intervention:
         changes["alpha"] = [float(a[r]) for r in rows]
     p = iv.positions
     if isinstance(p, Window) and (isinstance(p.start, tuple) or isinstance(p.end, tuple)):
-        changes["positions"] = Window(_pick(p.start, rows), _pick(p.end, rows))
+        changes["positions"] = Window(_pick(p.start, rows), None if p.end is None else _pick(p.end, rows))
     return dataclasses.replace(iv, **changes) if changes else iv

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Literal, Self, get_args, get_origin
 
 from .errors import SteerlensError
 
+SubParsers = argparse._SubParsersAction  # what ``add_subparsers()`` returns; layers add their commands to it
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
@@ -140,7 +142,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def register_commands(sub: Any) -> None:
+def register_commands(sub: SubParsers) -> None:
     """Let every installed layer add its subcommands (entry-point group ``steerlens.commands``)."""
     from importlib.metadata import entry_points
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import plotly.graph_objects as go
 
-from steerlens.config import StudyConfig
+from steerlens.config import StudyConfig, SubParsers
 from steerlens.errors import SteerlensError
 from steerlens.figures import save_figures
 from steerlens.files import read_json, write_json
@@ -323,7 +323,7 @@ def _injection(
 # ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """``steerlens critique``: one flag per ``CritiqueConfig`` field, ``--quick`` for the smoke sizes."""
     add_study_command(
         sub,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self
 
 import plotly.graph_objects as go
 
-from steerlens.config import StudyConfig
+from steerlens.config import StudyConfig, SubParsers
 from steerlens.files import read_json
 from steerlens.model import Model
 from steerlens.progress import Stages
@@ -319,7 +319,7 @@ def purified_vectors(singles: dict[str, SteeringVector]) -> dict[str, SteeringVe
     return pure
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """``steerlens personality``: registered through the ``steerlens.commands`` entry point."""
 
     def main(model: Model, cfg: PersonalityConfig, out: Path, args: argparse.Namespace) -> PersonalityStudy:
