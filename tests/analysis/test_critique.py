@@ -16,11 +16,11 @@ from steerlens.analysis.critique import (
     register,
 )
 from steerlens.cli import main
-from steerlens.config import N_BOOT
 from steerlens.errors import SteerlensError
 from steerlens.probes.detection import synthetic_detection_set
 from steerlens.probes.linear import group_split
 from steerlens.probes.traces import error_injected_reasoning, trace_examples
+from steerlens.stats import N_BOOT
 from steerlens.steering import SteeringVector
 
 

@@ -24,11 +24,10 @@ from steerlens.analysis.scaling import (
     scaling_comparison,
 )
 from steerlens.cli import main
-from steerlens.config import N_BOOT
 from steerlens.errors import SteerlensError
 from steerlens.probes.linear import LayerSweep, ProbeScore, fit_logistic
 from steerlens.probes.traces import InjectionRun
-from steerlens.stats import Estimate
+from steerlens.stats import N_BOOT, Estimate
 from steerlens.steering import vector_from_prompts
 from steerlens.steering.tts import ParallelResult, Round, SequentialResult
 
