@@ -33,8 +33,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=25
 
+# mypy checks the installed layout (steerlens.probes, .steering, .analysis live in top-level folders): a tree
+# of symlinks gives it that layout, so imports across layers are type-checked instead of read as Any.
+TYPECHECK := .typecheck/steerlens
 lint: $(STAMP)
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	rm -rf .typecheck && mkdir -p $(TYPECHECK) && ln -s $(CURDIR)/steerlens/*.py $(TYPECHECK)/
+	for d in probes steering analysis; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
+	cd .typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml steerlens
 
 bench: peers
 	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py

@@ -1,50 +1,44 @@
-"""Copy suppression and negative heads, recovery statistics, plotly figures, HTML report."""
+"""The studies (critique, test-time scaling, personality, copy suppression and negative heads), plotly
+figures, the HTML report and the demo. Each study is a ``Config`` dataclass, ``run(model, cfg)`` and a
+``Study`` result with ``save`` / ``load`` / ``sections()`` (``analysis.study``).
+"""
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
-from .circuits import (
-    EffectiveEmbedding,
-    HeadScan,
-    OVRanks,
-    QKGrid,
-    QKRanks,
-    RankStats,
-    TokenSet,
-    effective_embedding,
-    ov_ranks,
-    qk_grid,
-    qk_ranks,
-    scan_heads,
-    token_set,
-)
-from .copy_suppression import (
-    CopySuppressionReport,
-    add_copy_suppression_parser,
-    copy_suppression_main,
-    copy_suppression_report,
-)
+from .circuits import EffectiveEmbedding, RankStats, TokenSet, effective_embedding, token_set
+from .copy_suppression import CopySuppressionConfig, CopySuppressionReport
 from .corpus import PARAGRAPHS, corpus_windows
-from .decompose import FrozenNorm, LinearisationError, Run, check_additivity, head_results, run_decomposed
-from .ioi import IOIBatch, ioi_prompts
-from .negative_heads import (
-    AntiInduction,
-    NegativeHeads,
-    SelfRepair,
-    anti_induction,
-    find_negative_heads,
-    planted_suppression_head,
-    self_repair,
+from .critique import CritiqueConfig, CritiqueStudy
+from .decompose import (
+    FrozenNorm,
+    LensModel,
+    LinearisationError,
+    Run,
+    check_additivity,
+    head_results,
+    run_decomposed,
 )
+from .head_scan import HeadScan, scan_heads
+from .ioi import IOIBatch, ioi_prompts
+from .negative_heads import NegativeHeads, find_negative_heads
+from .ov import OVRanks, ov_ranks
+from .qk import QKGrid, QKRanks, qk_grid, qk_ranks
+from .scaling import ScalingComparison, ScalingConfig, ScalingStudy
+from .self_repair import AntiInduction, SelfRepair, anti_induction, planted_suppression_head, self_repair
 
 __all__ = [
     "PARAGRAPHS",
     "AntiInduction",
     "CSPAResult",
+    "CopySuppressionConfig",
     "CopySuppressionReport",
+    "CritiqueConfig",
+    "CritiqueStudy",
     "DirectEffects",
     "EffectiveEmbedding",
     "FrozenNorm",
     "HeadScan",
     "IOIBatch",
+    "LensModel",
     "LinearisationError",
     "NegativeHeads",
     "OVRanks",
@@ -52,13 +46,13 @@ __all__ = [
     "QKRanks",
     "RankStats",
     "Run",
+    "ScalingComparison",
+    "ScalingConfig",
+    "ScalingStudy",
     "SelfRepair",
     "TokenSet",
-    "add_copy_suppression_parser",
     "anti_induction",
     "check_additivity",
-    "copy_suppression_main",
-    "copy_suppression_report",
     "corpus_windows",
     "cspa",
     "direct_effects",

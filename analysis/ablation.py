@@ -9,21 +9,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from steerlens.errors import SteerlensError
 from steerlens.figures import GREY, PALETTE, new_figure
 
-from .circuits import layer_head_heatmap
-from .decompose import Run, frozen_norm, head_results, lens_of, logit_stats, post_norm, run_decomposed
-from .results import Saveable, head_frame
+from .decompose import (
+    LensModel,
+    Run,
+    flat_final,
+    frozen_norm,
+    head_results,
+    lens_of,
+    logit_stats,
+    post_norm,
+    run_decomposed,
+)
+from .results import Saveable, head_frame, layer_head_heatmap
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+DirectMetric = Literal["loss", "kl", "entropy"]  # a per-head direct effect
+QKMode = Literal["predicted", "all", "none"]  # which (destination, source) pairs CSPA keeps
+OVMode = Literal["project", "full"]  # what CSPA keeps of a kept pair
+QK_MODES: tuple[QKMode, ...] = get_args(QKMode)
+OV_MODES: tuple[OVMode, ...] = get_args(OVMode)
 
 
 def destination_mask(tokens: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
@@ -67,14 +85,14 @@ class DirectEffects(Saveable):
     def to_frame(self) -> pd.DataFrame:
         return head_frame({"loss": self.loss, "kl": self.kl, "entropy": self.entropy})
 
-    def figure(self, metric: str = "loss") -> go.Figure:
+    def figure(self, metric: DirectMetric = "loss") -> go.Figure:
         return layer_head_heatmap(
             getattr(self, metric), f"Direct effect per head: {metric} (mean ablation, frozen scale)", zmid=0.0
         )
 
 
 def direct_effects(
-    model: Any,
+    model: LensModel,
     tokens: Int[Tensor, "batch pos"],
     *,
     max_positions: int | None = 192,
@@ -96,7 +114,7 @@ def direct_effects(
         for h in range(lens.cfg.n_heads):
             if heads is None or (l, h) in heads:
                 deltas[f"{l}.{h}"] = delta[:, :, h][mask]
-    stats = logit_stats(model, run.resid_final[mask], _final_at(run, mask), targets, deltas)
+    stats = logit_stats(model, run.resid_final[mask], flat_final(run, mask), targets, deltas)
     shape = (lens.cfg.n_layers, lens.cfg.n_heads)
     loss, kl, ent = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     for key in deltas:
@@ -115,17 +133,7 @@ def direct_effects(
     )  # fmt: skip
 
 
-def _final_at(run: Run, mask: Tensor) -> Any:
-    from .decompose import FrozenNorm
-
-    f = run.final
-    return FrozenNorm(f.scale[mask] if isinstance(f.scale, Tensor) else f.scale, f.w, f.b, f.centre)
-
-
 # ---- copy-suppression-preserving ablation --------------------------------------------------------------
-
-QK_MODES = ("predicted", "all", "none")
-OV_MODES = ("project", "full")
 
 
 @dataclass(frozen=True)
@@ -173,7 +181,7 @@ class CSPAResult(Saveable):
 
 
 def predicted_mask(
-    model: Any, run: Run, layer: int, fraction: float, chunk: int = 64
+    model: LensModel, run: Run, layer: int, fraction: float, chunk: int = 64
 ) -> Bool[Tensor, "batch dest src"]:
     """``mask[b, d, s]``: the token at source ``s`` is in the top ``fraction`` of the logit lens of the
     residual stream entering ``layer`` at destination ``d`` (what earlier layers predict there)."""
@@ -193,14 +201,76 @@ def predicted_mask(
     return out.view(B, P, P) & causal
 
 
+def _source_outputs(
+    model: LensModel, run: Run, layer: int, head: int, B: int, P: int
+) -> tuple[Float[Tensor, "batch src d_model"], Tensor | float]:
+    """Each source position's value through W_O of ``head`` (post-attention norm's weight and centre
+    applied), and the post-norm's inverse scale per destination (``[B, d, 1]``, ones without a post-norm)."""
+    lens = lens_of(model)
+    attn = lens.blocks[layer].attn
+    v = lens.blocks[layer].ln1(run.resid_pre[layer]) @ attn.W_V[head] + attn.b_V[head]  # [B, s, d_head]
+    r = v @ attn.W_O[head]  # [B, s, d_model]
+    post = post_norm(model, run, layer)
+    if post is not None:
+        r = frozen_norm(lens.blocks[layer].ln1_post).linear(r)  # weight/centre now, scale per destination
+        inv_scale = 1.0 / post.scale  # [B, d, 1]
+    else:
+        inv_scale = torch.ones(B, P, 1)
+    return r, inv_scale
+
+
+def _pairs_kept(
+    model: LensModel, run: Run, layer: int, qk: QKMode, fraction: float, B: int, P: int
+) -> Float[Tensor, "batch dest src"]:
+    if qk == "predicted":
+        return predicted_mask(model, run, layer, fraction).float()
+    if qk == "all":
+        return torch.ones(B, P, P)
+    return torch.zeros(B, P, P)
+
+
+def _kept_output(
+    lens: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    W: Float[Tensor, "batch dest src"],
+    r: Float[Tensor, "batch src d_model"],
+    inv_scale: Tensor | float,
+    mu: Float[Tensor, "dest d_model"],
+    ov: OVMode,
+) -> Float[Tensor, "batch dest d_model"]:
+    """What the kept pairs (attention ``W``) contribute: whole (``"full"``), or their negative component
+    along the source token's unit unembedding plus the per-position mean for the rest (``"project"``)."""
+    if ov == "full":
+        return torch.einsum("bds,bsm->bdm", W, r) * inv_scale
+    B, P = tokens.shape
+    g = frozen_norm(lens.ln_final).read_direction(lens.W_U[:, tokens.flatten()]).T  # [B*P, d_model]
+    g = (g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)).view(B, P, -1)  # unit, per source token
+    dot = torch.einsum("bsm,bsm->bs", r, g)[:, None, :] * inv_scale  # [B, d, s]: c[d,s] . g_s
+    mu_g = torch.einsum("dm,bsm->bds", mu, g)
+    return (
+        torch.einsum("bds,bsm->bdm", W * dot.clamp(max=0.0), g)
+        + W.sum(-1, keepdim=True) * mu
+        - torch.einsum("bds,bsm->bdm", W * mu_g, g)
+    )
+
+
+def _explained(kl_c: Tensor, kl_m: Tensor, percentiles: Sequence[float]) -> list[float]:
+    """1 - KL ratio on the positions whose mean-ablation KL is at or above each percentile."""
+    curve = []
+    for p in percentiles:
+        sel = kl_m >= torch.quantile(kl_m, p / 100.0)
+        curve.append(1.0 - float(kl_c[sel].sum() / kl_m[sel].sum().clamp_min(1e-30)))
+    return curve
+
+
 def cspa(
-    model: Any,
+    model: LensModel,
     layer: int,
     head: int,
     tokens: Int[Tensor, "batch pos"],
     *,
-    qk: str = "predicted",
-    ov: str = "project",
+    qk: QKMode = "predicted",
+    ov: OVMode = "project",
     predicted_fraction: float = 0.05,
     percentiles: tuple[float, ...] = (0, 25, 50, 75, 90, 95, 99),
     run: Run | None = None,
@@ -214,58 +284,27 @@ def cspa(
     along the (final-norm weighted) unembedding of s's token, the rest replaced by the per-position mean;
     ``ov="full"`` keeps it whole. Dropped pairs contribute the per-position mean. ``qk="all", ov="full"``
     reproduces the clean run (100% explained); ``qk="none"`` is mean ablation (0%).
+
+    Example:
+        >>> res = cspa(model, 9, 1, corpus_windows(model, 8, 64))
+        >>> res.effect_explained, res.figure()
     """
     if qk not in QK_MODES or ov not in OV_MODES:
         raise SteerlensError(f"cspa(qk={qk!r}, ov={ov!r}): expected qk in {QK_MODES} and ov in {OV_MODES}")
-    lens = lens_of(model)
     run = run or run_decomposed(model, tokens)
     B, P = tokens.shape
-    attn = lens.blocks[layer].attn
     A = run.pattern[layer][:, head]  # [B, d, s]
-    v = lens.blocks[layer].ln1(run.resid_pre[layer]) @ attn.W_V[head] + attn.b_V[head]  # [B, s, d_head]
-    r = v @ attn.W_O[head]  # [B, s, d_model]
-    post = post_norm(model, run, layer)
-    if post is not None:
-        r = frozen_norm(lens.blocks[layer].ln1_post).linear(r)  # weight/centre now, scale per destination
-        inv_scale = 1.0 / post.scale  # [B, d, 1]
-    else:
-        inv_scale = torch.ones(B, P, 1)
+    r, inv_scale = _source_outputs(model, run, layer, head, B, P)
     clean = head_results(model, run, layer, [head])[:, :, 0]  # [B, d, d_model]
     mu = clean.mean(0)  # [d, d_model]: per-position mean
-    if qk == "predicted":
-        keep = predicted_mask(model, run, layer, predicted_fraction).float()
-    elif qk == "all":
-        keep = torch.ones(B, P, P)
-    else:
-        keep = torch.zeros(B, P, P)
-    W = A * keep  # [B, d, s]
-    if ov == "full":
-        kept = torch.einsum("bds,bsm->bdm", W, r) * inv_scale
-    else:
-        g = frozen_norm(lens.ln_final).read_direction(lens.W_U[:, tokens.flatten()]).T  # [B*P, d_model]
-        g = (g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)).view(B, P, -1)  # unit, per source token
-        dot = torch.einsum("bsm,bsm->bs", r, g)[:, None, :] * inv_scale  # [B, d, s]: c[d,s] . g_s
-        mu_g = torch.einsum("dm,bsm->bds", mu, g)
-        kept = (
-            torch.einsum("bds,bsm->bdm", W * dot.clamp(max=0.0), g)
-            + W.sum(-1, keepdim=True) * mu
-            - torch.einsum("bds,bsm->bdm", W * mu_g, g)
-        )
+    W = A * _pairs_kept(model, run, layer, qk, predicted_fraction, B, P)  # [B, d, s]
+    kept = _kept_output(lens_of(model), tokens, W, r, inv_scale, mu, ov)
     ablated = kept + (A.sum(-1, keepdim=True) - W.sum(-1, keepdim=True)) * mu
     mask = destination_mask(tokens)
     targets = tokens[:, 1:][mask[:, :-1]]
-    stats = logit_stats(
-        model,
-        run.resid_final[mask],
-        _final_at(run, mask),
-        targets,
-        {"cspa": (ablated - clean)[mask], "mean": (mu - clean)[mask]},
-    )
+    deltas = {"cspa": (ablated - clean)[mask], "mean": (mu - clean)[mask]}
+    stats = logit_stats(model, run.resid_final[mask], flat_final(run, mask), targets, deltas)
     kl_c, kl_m = stats.kl["cspa"], stats.kl["mean"]
-    curve = []
-    for p in percentiles:
-        sel = kl_m >= torch.quantile(kl_m, p / 100.0)
-        curve.append(1.0 - float(kl_c[sel].sum() / kl_m[sel].sum().clamp_min(1e-30)))
     return CSPAResult(
         layer=layer,
         head=head,
@@ -276,7 +315,7 @@ def cspa(
         loss_cspa=float(stats.loss["cspa"].mean()),
         loss_mean_ablation=float(stats.loss["mean"].mean()),
         percentiles=np.array(percentiles, dtype=float),
-        curve=np.array(curve),
+        curve=np.array(_explained(kl_c, kl_m, percentiles)),
         kl_cspa_per_position=kl_c.numpy(),
         kl_mean_ablation_per_position=kl_m.numpy(),
         settings={"qk": qk, "ov": ov, "predicted_fraction": predicted_fraction, "n_sequences": B, "seq_len": P,

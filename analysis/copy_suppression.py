@@ -1,46 +1,116 @@
-"""The copy-suppression report (McDougall et al. 2023, "Copy Suppression: Comprehensively Understanding an
-Attention Head") for any HookedTransformer model, and its ``steerlens copy-suppression`` command.
+"""The copy-suppression study (McDougall et al. 2023, "Copy Suppression: Comprehensively Understanding an
+Attention Head") for any HookedTransformer model: ``CopySuppressionConfig``, ``run(model, cfg)`` and the
+``CopySuppressionReport`` it returns, and the ``steerlens copy-suppression`` command.
 
 For GPT-2 Small the paper's head is L10H7 (and L11H10); here the head defaults to the top of
-``find_negative_heads``, so nothing is model-specific.
+``find_negative_heads``, so nothing is model-specific. No interval is reported, so no bootstrap count.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import plotly.graph_objects as go
 
+from steerlens.config import StudyConfig, SubParsers
+from steerlens.errors import SteerlensError
 from steerlens.figures import save_figures
-from steerlens.files import write_json
+from steerlens.files import read_json, write_json
+from steerlens.progress import Stages
 
 from .ablation import CSPAResult, DirectEffects, cspa, direct_effects
-from .circuits import HeadScan, OVRanks, QKGrid, effective_embedding, ov_ranks, qk_grid, scan_heads, token_set
+from .circuits import Variant, effective_embedding, token_set
 from .corpus import corpus_windows
-from .decompose import check_additivity, run_decomposed
+from .decompose import LensModel, check_additivity, run_decomposed
+from .head_scan import HeadScan, scan_heads
 from .ioi import ioi_prompts
-from .negative_heads import (
-    AntiInduction,
-    NegativeHeads,
-    SelfRepair,
-    anti_induction,
-    find_negative_heads,
-    self_repair,
+from .negative_heads import NegativeHeads, find_negative_heads
+from .ov import OVRanks, ov_ranks
+from .qk import QKGrid, qk_grid
+from .report import Section
+from .results import jsonable, revive
+from .self_repair import AntiInduction, SelfRepair, anti_induction, self_repair
+from .study import add_study_command
+
+if TYPE_CHECKING:
+    from steerlens.model import Model
+
+Head = tuple[int, int]  # (layer, head)
+METRICS, CONFIG = "metrics.json", "config.json"
+RESULTS = (  # the result fields, each saved in metrics.json under its own name
+    "negative_heads",
+    "scan",
+    "ov",
+    "ov_mlp0",
+    "ov_vocab",
+    "qk",
+    "direct",
+    "cspa",
+    "anti_induction",
+    "self_repair",
 )
-from .results import jsonable
+
+
+def parse_head(head: Head | Sequence[int] | str | None) -> Head | None:
+    """``"L10H7"``, ``"10.7"`` or ``(10, 7)`` as ``(10, 7)``; None stays None."""
+    if head is None:
+        return None
+    try:
+        if isinstance(head, str):
+            l, h = (int(x) for x in head.replace("L", "").replace("H", ".").split("."))
+        else:
+            l, h = (int(x) for x in head)
+    except (TypeError, ValueError):
+        raise SteerlensError(
+            f"head={head!r}: expected LAYER.HEAD such as 10.7 (or L10H7), or a (layer, head) pair"
+        ) from None
+    return l, h
+
+
+@dataclass(frozen=True)
+class CopySuppressionConfig(StudyConfig):
+    """Settings of the copy-suppression study.
+
+    head: the head to study, as L10H7 or 10.7 (None: the top of find_negative_heads)
+    n_tokens: sampled whole-word tokens for the OV/QK rank tests and the scan of all heads
+    vocab_tokens: tokens whose OV rank is also taken over the whole vocabulary
+    variant: effective embedding: each token attending to itself in layer 0 ('self_attn'), or MLP0 only
+    n_sequences: corpus windows for direct effects, copy-token attribution and CSPA
+    seq_len: tokens per corpus window
+    max_positions: positions for per-head direct effects (one full softmax per head each)
+    n_ioi: IOI prompts for the IOI score and self-repair
+    seed: token samples, positions, IOI prompts and the repeated tokens of anti-induction
+    """
+
+    QUICK: ClassVar[dict[str, Any]] = dict(
+        n_tokens=300, vocab_tokens=20, n_sequences=4, seq_len=32, max_positions=16, n_ioi=8
+    )
+
+    head: Head | str | None = None
+    n_tokens: int = 4000
+    vocab_tokens: int = 500
+    variant: Variant = "self_attn"
+    n_sequences: int = 24
+    seq_len: int = 64
+    max_positions: int = 96
+    n_ioi: int = 40
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "head", parse_head(self.head))  # one form: (layer, head) or None
 
 
 @dataclass(frozen=True)
 class CopySuppressionReport:
-    """Everything the report computed for one model and head, the settings, and seconds per stage."""
+    """Everything the study computed for one model and head, the config that made it, seconds per stage."""
 
+    config: CopySuppressionConfig
     model: str
-    head: tuple[int, int]
+    head: Head
     negative_heads: NegativeHeads
     scan: HeadScan
     ov: OVRanks
@@ -53,7 +123,13 @@ class CopySuppressionReport:
     self_repair: SelfRepair
     additivity_error: float
     seconds: dict[str, float]
-    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The config with the head studied and how it was chosen (``metrics.json``'s ``settings``)."""
+        rest = {k: v for k, v in self.config.to_dict().items() if k != "head"}
+        chosen_by = "argument" if self.config.head else "find_negative_heads"
+        return {"head": list(self.head), "head_chosen_by": chosen_by, **rest}
 
     def summary(self) -> dict[str, Any]:
         """The key numbers, as the paper reports them."""
@@ -103,198 +179,18 @@ class CopySuppressionReport:
             "self_repair": self.self_repair.figure(highlight=self.negative_heads.top(3)),
         }
 
-    def save(self, directory: str | Path, formats: Sequence[str] = ("html",)) -> Path:
-        """Write ``metrics.json`` (summary, settings and every result) and the figures in ``formats``."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        save_figures(self.figures(), out, formats=formats)
-        results = {
-            k: jsonable(getattr(self, k))
-            for k in ("negative_heads", "scan", "ov", "ov_mlp0", "ov_vocab", "qk", "direct", "cspa",
-                      "anti_induction", "self_repair")
-        }  # fmt: skip
-        return write_json(
-            out / "metrics.json", {"summary": jsonable(self.summary()), "settings": self.settings, **results}
+    def sections(self) -> list[Section]:
+        """One report section: the head, its OV/QK ranks, CSPA and self-repair, every figure, and a table of
+        the top negative heads."""
+        s = self.summary()
+        l, h = self.head
+        text = (
+            f"Head L{l}H{h} tops find_negative_heads ({', '.join(s['negative_heads_top5'])}). OV ranks count how "
+            "highly a source token ranks among the most negative logits of its own OV output (top-10 is the "
+            "paper's headline measure); CSPA effect explained = 1 - KL(clean||CSPA)/KL(clean||mean ablation) on the "
+            "head's direct effect with the final-norm scale frozen. For GPT-2 Small the paper's head is L10H7."
         )
-
-
-def copy_suppression_report(
-    model: Any,
-    *,
-    head: tuple[int, int] | None = None,
-    n_tokens: int = 4000,
-    vocab_tokens: int = 500,
-    variant: str = "self_attn",
-    n_sequences: int = 24,
-    seq_len: int = 64,
-    max_positions: int = 96,
-    n_ioi: int = 40,
-    seed: int = 0,
-    log: Callable[[str], None] = lambda s: None,
-) -> CopySuppressionReport:
-    """Run every analysis: scan heads (OV/QK), rank negative heads, then study ``head`` (default: the top
-    negative head) with OV ranks (both effective embeddings, and over the whole vocabulary for
-    ``vocab_tokens`` tokens), the QK grid, CSPA, anti-induction and IOI self-repair."""
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        seconds[name] = round(now - t0, 2)
-        t0 = now
-        log(f"{name}: {seconds[name]:.1f} s")
-
-    sample = token_set(model, n_tokens, seed=seed)
-    emb = effective_embedding(model, sample, variant)
-    scan = scan_heads(model, sample, embedding=emb)
-    stage("weights: OV/QK scan of all heads")
-    text = corpus_windows(model, n_sequences, seq_len)
-    run = run_decomposed(model, text)
-    additivity = check_additivity(model, run)
-    ioi = ioi_prompts(model, n_ioi, seed=seed)
-    stage("forward pass on the corpus")
-    direct = direct_effects(model, text, max_positions=max_positions, seed=seed, run=run)
-    stage("direct effects of every head")
-    neg = find_negative_heads(
-        model, tokens=text, ioi=ioi, scan=scan, run=run, direct=direct, max_positions=max_positions, seed=seed
-    )
-    stage("find_negative_heads")
-    layer, h = head if head is not None else neg.top(1)[0]
-    log(f"head: L{layer}H{h} (top negative heads {neg.top(5)})")
-    ov = ov_ranks(model, layer, h, sample, embedding=emb)
-    ov_mlp0 = ov_ranks(model, layer, h, sample, variant="mlp0")
-    ov_vocab = ov_ranks(
-        model, layer, h, token_set(model, vocab_tokens, seed=seed), variant=variant, rank_over="vocab"
-    )
-    qk = qk_grid(model, layer, h, sample, embedding=emb)
-    stage("OV ranks and QK grid of the head")
-    cs = cspa(model, layer, h, text, run=run)
-    stage("CSPA")
-    anti = anti_induction(model, seed=seed)
-    stage("anti-induction")
-    repair = self_repair(model, ioi)
-    stage("IOI self-repair")
-    return CopySuppressionReport(
-        model=getattr(model, "name", str(model)),
-        head=(layer, h),
-        negative_heads=neg,
-        scan=scan,
-        ov=ov,
-        ov_mlp0=ov_mlp0,
-        ov_vocab=ov_vocab,
-        qk=qk,
-        direct=direct,
-        cspa=cs,
-        anti_induction=anti,
-        self_repair=repair,
-        additivity_error=additivity,
-        seconds=seconds,
-        settings={"head": [layer, h], "head_chosen_by": "argument" if head else "find_negative_heads",
-                  "n_tokens": n_tokens, "vocab_tokens": vocab_tokens, "variant": variant,
-                  "n_sequences": n_sequences, "seq_len": seq_len, "max_positions": max_positions,
-                  "n_ioi": n_ioi, "seed": seed},
-    )  # fmt: skip
-
-
-# ---- command line --------------------------------------------------------------------------------------
-
-
-def add_copy_suppression_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``steerlens copy-suppression`` on an argparse subparsers object."""
-    p = sub.add_parser(
-        "copy-suppression",
-        help="copy-suppression report: negative heads, OV/QK rank tests, CSPA, self-repair (GPT-2: L10H7)",
-    )
-    p.add_argument("--model", default="gemma-3-270m", help="embedded name or HF id (e.g. gpt2)")
-    p.add_argument("--out", default="runs/copy_suppression")
-    p.add_argument("--head", default=None, help="LAYER.HEAD to study (default: top of find_negative_heads)")
-    p.add_argument("--tokens", type=int, default=4000, help="sampled whole-word tokens for OV/QK tests")
-    p.add_argument(
-        "--vocab-tokens", type=int, default=500, help="tokens whose OV rank is taken over the vocab"
-    )
-    p.add_argument("--variant", choices=["self_attn", "mlp0"], default="self_attn")
-    p.add_argument("--sequences", type=int, default=24)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--max-positions", type=int, default=96, help="positions for per-head direct effects")
-    p.add_argument("--ioi", type=int, default=40, help="IOI prompts")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=copy_suppression_main)
-    return p
-
-
-def _parse_head(text: str | None) -> tuple[int, int] | None:
-    from steerlens.errors import SteerlensError
-
-    if text is None:
-        return None
-    try:
-        l, h = (int(x) for x in text.replace("L", "").replace("H", ".").split("."))
-    except ValueError:
-        raise SteerlensError(f"--head {text!r}: expected LAYER.HEAD such as 10.7 (or L10H7)") from None
-    return l, h
-
-
-def copy_suppression_main(args: argparse.Namespace) -> int:
-    """``steerlens copy-suppression``: load the model, run the report, write metrics.json and HTML figures."""
-    import torch
-
-    from steerlens import load
-
-    torch.set_grad_enabled(False)
-    start = time.perf_counter()
-    print(f"loading {args.model}", flush=True)
-    model = load(args.model)
-    report = copy_suppression_report(
-        model,
-        head=_parse_head(args.head),
-        n_tokens=args.tokens,
-        vocab_tokens=args.vocab_tokens,
-        variant=args.variant,
-        n_sequences=args.sequences,
-        seq_len=args.seq_len,
-        max_positions=args.max_positions,
-        n_ioi=args.ioi,
-        seed=args.seed,
-        log=lambda s: print(f"  {s}", flush=True),
-    )
-    path = report.save(args.out)
-    s = report.summary()
-    print(
-        f"head {s['head']}: OV suppression top-1 {s['ov_suppression']['top1']:.3f} top-10 "
-        f"{s['ov_suppression']['top10']:.3f}; QK top-10 {s['qk_unembedding_query_effective_key']['top10']:.3f}; "
-        f"CSPA effect explained {s['cspa_effect_explained']:.3f}",
-        flush=True,
-    )
-    print(f"wrote {path} and figures in {time.perf_counter() - start:.0f} s", flush=True)
-    return 0
-
-
-QUICK_SETTINGS: dict[str, Any] = {
-    "n_tokens": 300,
-    "vocab_tokens": 20,
-    "n_sequences": 4,
-    "seq_len": 32,
-    "max_positions": 16,
-    "n_ioi": 8,
-}
-
-
-def demo_section(model: Any, out: str | Path, sec: Any, *, quick: bool = False) -> CopySuppressionReport:
-    """Fill a demo report ``Section`` (numbers, figures, a table of negative heads) and save the report's
-    metrics under ``out`` (the demo writes the figures); ``quick`` uses small sizes for smoke runs."""
-    report = copy_suppression_report(model, **(QUICK_SETTINGS if quick else {}))
-    report.save(out, formats=())
-    s = report.summary()
-    l, h = report.head
-    sec.text = (
-        f"Head L{l}H{h} tops find_negative_heads ({', '.join(s['negative_heads_top5'])}). OV ranks count how "
-        "highly a source token ranks among the most negative logits of its own OV output (top-10 is the "
-        "paper's headline measure); CSPA effect explained = 1 - KL(clean||CSPA)/KL(clean||mean ablation) on the "
-        "head's direct effect with the final-norm scale frozen. For GPT-2 Small the paper's head is L10H7."
-    )
-    sec.numbers.update(
-        {
+        numbers = {
             "head": s["head"],
             "OV suppression top-1": s["ov_suppression"]["top1"],
             "OV suppression top-10": s["ov_suppression"]["top10"],
@@ -302,10 +198,141 @@ def demo_section(model: Any, out: str | Path, sec: Any, *, quick: bool = False) 
             "QK top-10 (unembedding query, effective key)": s["qk_unembedding_query_effective_key"]["top10"],
             "CSPA effect explained": s["cspa_effect_explained"],
             "IOI self-repair (logits)": s["ioi_self_repair"],
-            "seconds": sum(report.seconds.values()),
+            "seconds": sum(self.seconds.values()),
         }
+        df = self.negative_heads.to_frame().head(8).reset_index()
+        table = ("Top negative heads (rank 0 = most negative)", df.round(4).to_dict("records"))
+        sec = Section("copy_suppression", "Copy suppression: negative heads", text, numbers, self.figures())
+        sec.tables.append(table)
+        return [sec]
+
+    def save(self, out: str | Path, formats: Sequence[str] = ("html",)) -> Path:
+        """Write ``metrics.json`` (summary, settings and every result), ``config.json`` and the figures in
+        ``formats``; returns the path of ``metrics.json``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_figures(self.figures(), out, formats=formats)
+        write_json(out / CONFIG, self.config.to_dict())
+        results = {k: jsonable(getattr(self, k)) for k in RESULTS}
+        return write_json(
+            out / METRICS, {"summary": jsonable(self.summary()), "settings": self.settings, **results}
+        )
+
+    @classmethod
+    def load(cls, out: str | Path, model: Model | None = None) -> CopySuppressionReport:
+        """A saved report: config, summary and every result, so ``summary()``, ``sections()`` and the figures
+        come back. Not restored, because ``save`` does not write them: the per-token OV ranks (``ov``,
+        ``ov_mlp0`` and ``ov_vocab``'s ``ranks_*`` are empty, so their rank histograms are empty) and CSPA's
+        per-position KL arrays. ``model`` is not needed (nothing is recomputed)."""
+        out = Path(out)
+        if not (out / METRICS).is_file():
+            what = "does not exist" if not out.is_dir() else f"has no {METRICS}"
+            raise SteerlensError(f"{out} {what}; run `steerlens copy-suppression --out {out}` to make it")
+        data = read_json(out / METRICS)
+        s, settings = data["summary"], data["settings"]
+        return cls(
+            config=_saved_config(out, settings),
+            model=s["model"],
+            head=(int(settings["head"][0]), int(settings["head"][1])),
+            negative_heads=revive(NegativeHeads, data["negative_heads"]),
+            scan=revive(HeadScan, data["scan"]),
+            ov=revive(OVRanks, data["ov"]),
+            ov_mlp0=revive(OVRanks, data["ov_mlp0"]),
+            ov_vocab=revive(OVRanks, data["ov_vocab"]),
+            qk=revive(QKGrid, data["qk"]),
+            direct=revive(DirectEffects, data["direct"]),
+            cspa=revive(CSPAResult, data["cspa"]),
+            anti_induction=revive(AntiInduction, data["anti_induction"]),
+            self_repair=revive(SelfRepair, data["self_repair"]),
+            additivity_error=s["additivity_error"],
+            seconds=s["seconds"],
+        )
+
+
+def _saved_config(out: Path, settings: dict[str, Any]) -> CopySuppressionConfig:
+    """``config.json``, or for runs saved before it existed, the config read back from ``settings``."""
+    if (out / CONFIG).is_file():
+        return CopySuppressionConfig.from_dict(read_json(out / CONFIG))
+    names = {f.name for f in fields(CopySuppressionConfig)} - {"head"}
+    head = settings["head"] if settings.get("head_chosen_by") == "argument" else None
+    return CopySuppressionConfig.from_dict({"head": head, **{k: settings[k] for k in names if k in settings}})
+
+
+# ---- the study ----------------------------------------------------------------------------------------
+
+
+def run(
+    model: LensModel,
+    cfg: CopySuppressionConfig,
+    out: str | Path | None = None,
+    *,
+    progress: bool = False,
+) -> CopySuppressionReport:
+    """Scan every head (OV/QK), rank negative heads, then study ``cfg.head`` (default: the top negative
+    head) with OV ranks (both effective embeddings, and over the whole vocabulary for ``cfg.vocab_tokens``
+    tokens), the QK grid, CSPA, anti-induction and IOI self-repair. ``progress`` prints one line per stage with its seconds. The
+    study keeps no checkpoint, so ``out`` is unused: ``save`` writes everything.
+
+    Example:
+        >>> report = run(steerlens.load("gemma-3-270m"), CopySuppressionConfig.quick())
+        >>> report.save("runs/copy_suppression"); report.summary()["cspa_effect_explained"]
+    """
+    say = Stages("copy-suppression", 1, progress)
+    stage = say.lap
+    sample = token_set(model, cfg.n_tokens, seed=cfg.seed)
+    emb = effective_embedding(model, sample, cfg.variant)
+    scan = scan_heads(model, sample, embedding=emb)
+    stage("weights: OV/QK scan of all heads")
+    text = corpus_windows(model, cfg.n_sequences, cfg.seq_len)
+    fwd = run_decomposed(model, text)
+    additivity = check_additivity(model, fwd)
+    ioi = ioi_prompts(model, cfg.n_ioi, seed=cfg.seed)
+    stage("forward pass on the corpus")
+    direct = direct_effects(model, text, max_positions=cfg.max_positions, seed=cfg.seed, run=fwd)
+    stage("direct effects of every head")
+    neg = find_negative_heads(
+        model, tokens=text, ioi=ioi, scan=scan, run=fwd, direct=direct, max_positions=cfg.max_positions,
+        seed=cfg.seed,
+    )  # fmt: skip
+    stage("find_negative_heads")
+    layer, h = parse_head(cfg.head) or neg.top(1)[0]
+    say.note(f"head: L{layer}H{h} (top negative heads {neg.top(5)})")
+    ov = ov_ranks(model, layer, h, sample, embedding=emb)
+    ov_mlp0 = ov_ranks(model, layer, h, sample, variant="mlp0")
+    vocab_sample = token_set(model, cfg.vocab_tokens, seed=cfg.seed)
+    ov_vocab = ov_ranks(model, layer, h, vocab_sample, variant=cfg.variant, rank_over="vocab")
+    qk = qk_grid(model, layer, h, sample, embedding=emb)
+    stage("OV ranks and QK grid of the head")
+    cs = cspa(model, layer, h, text, run=fwd)
+    stage("CSPA")
+    anti = anti_induction(model, seed=cfg.seed)
+    stage("anti-induction")
+    repair = self_repair(model, ioi)
+    stage("IOI self-repair")
+    return CopySuppressionReport(
+        config=cfg, model=getattr(model, "name", str(model)), head=(layer, h), negative_heads=neg, scan=scan,
+        ov=ov, ov_mlp0=ov_mlp0, ov_vocab=ov_vocab, qk=qk, direct=direct, cspa=cs, anti_induction=anti,
+        self_repair=repair, additivity_error=additivity, seconds=say.seconds,
+    )  # fmt: skip
+
+
+# ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
+
+
+def register(sub: SubParsers) -> argparse.ArgumentParser:
+    """``steerlens copy-suppression``: one flag per ``CopySuppressionConfig`` field (``--head 10.7``,
+    ``--n-tokens``, ...), ``--model`` (default gemma-3-270m; ``gpt2`` for the paper's model) and ``--quick``."""
+    return add_study_command(
+        sub,
+        "copy-suppression",
+        "copy-suppression report: negative heads, OV/QK rank tests, CSPA, self-repair (GPT-2: L10H7)",
+        CopySuppressionConfig,
+        _command,
+        model="gemma-3-270m",
     )
-    sec.figures.update(report.figures())
-    df = report.negative_heads.to_frame().head(8).reset_index()
-    sec.tables.append(("Top negative heads (rank 0 = most negative)", df.round(4).to_dict("records")))
-    return report
+
+
+def _command(
+    model: Model, cfg: CopySuppressionConfig, out: Path, args: argparse.Namespace
+) -> CopySuppressionReport:
+    return run(model, cfg, out, progress=True)

@@ -6,13 +6,13 @@ copy suppression acts on: a token seen earlier that the model is tempted to pred
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from steerlens.errors import EmptyInput
+
+from .decompose import LensModel, tokenizer_of
 
 PARAGRAPHS: tuple[str, ...] = (
     "Martha kept bees behind the old mill. Every spring Martha opened the hives and counted the frames, and "
@@ -115,7 +115,7 @@ PARAGRAPHS: tuple[str, ...] = (
 
 
 def corpus_windows(
-    model: Any,
+    model: LensModel,
     n: int = 24,
     seq_len: int = 64,
     *,
@@ -123,7 +123,7 @@ def corpus_windows(
 ) -> Int[Tensor, "n seq_len"]:
     """Up to ``n`` windows of exactly ``seq_len`` tokens cut in order from the paragraphs joined by blank lines,
     each starting with the tokenizer's BOS token when it has one."""
-    tok = model.tokenizer
+    tok = tokenizer_of(model)
     stream = tok("\n\n".join(paragraphs), add_special_tokens=False)["input_ids"]
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     step = seq_len - len(bos)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -18,14 +18,22 @@ from torch import Tensor
 
 from steerlens.errors import SteerlensError
 
+if TYPE_CHECKING:  # importing transformer_lens takes seconds; annotations only need the names
+    from transformer_lens import HookedTransformer
+    from transformers import PreTrainedTokenizerBase
+
+    from steerlens.model import Model
+
+LensModel: TypeAlias = "Model | HookedTransformer"  # a steerlens Model (its lens is used) or the lens itself
+
 
 class LinearisationError(SteerlensError):
     """A norm or model that the frozen-scale linearisation cannot handle, or a decomposition that does not add up."""
 
 
-def lens_of(model: Any) -> Any:
+def lens_of(model: LensModel) -> HookedTransformer:
     """The HookedTransformer view of ``model``; refuses TransformerBridge views (they lack per-head weights)."""
-    lens = getattr(model, "lens", model)
+    lens = cast("HookedTransformer", getattr(model, "lens", model))
     # Look the names up without evaluating them: HookedTransformer.W_O is a property that stacks every
     # layer's W_O (tens of MB), and this check runs on every call of every analysis function.
     modules = getattr(lens, "_modules", None) or {}
@@ -38,6 +46,17 @@ def lens_of(model: Any) -> Any:
             "supports natively, e.g. steerlens.load('gemma-3-270m') or steerlens.load('gpt2')"
         )
     return lens
+
+
+def tokenizer_of(model: LensModel) -> PreTrainedTokenizerBase:
+    """The tokenizer of a ``Model`` or of a HookedTransformer (which may have none)."""
+    tok = model.tokenizer
+    if tok is None:
+        raise SteerlensError(
+            f"{type(model).__name__} has no tokenizer; pass a steerlens Model or a HookedTransformer loaded "
+            "with one (HookedTransformer.from_pretrained sets it)"
+        )
+    return tok
 
 
 @dataclass(frozen=True)
@@ -69,7 +88,7 @@ class FrozenNorm:
         return g - g.mean(0, keepdim=True) if self.centre else g
 
 
-def frozen_norm(module: Any, scale: Tensor | float = 1.0) -> FrozenNorm:
+def frozen_norm(module: torch.nn.Module, scale: Tensor | float = 1.0) -> FrozenNorm:
     """Freeze a TransformerLens norm module at ``scale`` (1.0 gives the direction-only map used by weight tests)."""
     kind = type(module).__name__
     if kind not in ("RMSNorm", "RMSNormPre", "LayerNorm", "LayerNormPre"):
@@ -87,7 +106,7 @@ def frozen_norm(module: Any, scale: Tensor | float = 1.0) -> FrozenNorm:
     )
 
 
-def post_attn_norm(lens: Any, layer: int) -> Any | None:
+def post_attn_norm(lens: HookedTransformer, layer: int) -> torch.nn.Module | None:
     """The norm applied to the attention block's output before the residual add, or None (GPT-2 style)."""
     if getattr(lens.cfg, "use_normalization_before_and_after", False):
         return lens.blocks[layer].ln1_post
@@ -113,7 +132,7 @@ class Run:
 
 
 def run_decomposed(
-    model: Any,
+    model: LensModel,
     tokens: Int[Tensor, "batch pos"],
     fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
     *,
@@ -161,7 +180,7 @@ def run_decomposed(
     return run
 
 
-def post_norm(model: Any, run: Run, layer: int) -> FrozenNorm | None:
+def post_norm(model: LensModel, run: Run, layer: int) -> FrozenNorm | None:
     """The post-attention norm of ``layer`` frozen at the run's scale, or None when the model has none."""
     lens = lens_of(model)
     module = post_attn_norm(lens, layer)
@@ -172,7 +191,7 @@ def post_norm(model: Any, run: Run, layer: int) -> FrozenNorm | None:
 
 
 def head_results(
-    model: Any, run: Run, layer: int, heads: Sequence[int] | None = None
+    model: LensModel, run: Run, layer: int, heads: Sequence[int] | None = None
 ) -> Float[Tensor, "batch pos head d_model"]:
     """Each head's contribution to the residual stream (after the frozen post-attention norm, if any)."""
     lens = lens_of(model)
@@ -185,7 +204,7 @@ def head_results(
     return FrozenNorm(scale, norm.w, None, norm.centre).linear(r)
 
 
-def attn_bias(model: Any, run: Run, layer: int) -> Float[Tensor, "batch pos d_model"]:
+def attn_bias(model: LensModel, run: Run, layer: int) -> Float[Tensor, "batch pos d_model"]:
     """The part of the attention block's output that no head owns (``b_O`` and any post-norm bias)."""
     lens = lens_of(model)
     b_O = lens.blocks[layer].attn.b_O.expand_as(run.attn_out[layer])
@@ -193,7 +212,7 @@ def attn_bias(model: Any, run: Run, layer: int) -> Float[Tensor, "batch pos d_mo
     return b_O if norm is None else norm(b_O)
 
 
-def check_additivity(model: Any, run: Run, rtol: float = 1e-4) -> float:
+def check_additivity(model: LensModel, run: Run, rtol: float = 1e-4) -> float:
     """Check sum(heads) + bias == attention output into the residual at every layer; return the worst error."""
     worst = 0.0
     for l in range(run.n_layers):
@@ -213,7 +232,7 @@ def check_additivity(model: Any, run: Run, rtol: float = 1e-4) -> float:
 # ---- logits under the frozen final norm -------------------------------------------------------------------
 
 
-def unembed(model: Any, normed: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
+def unembed(model: LensModel, normed: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
     """Logits of final-normed residuals, with the model's soft-cap when it has one."""
     lens = lens_of(model)
     logits = (normed @ lens.W_U).add_(lens.b_U)  # in place: logits are rows x d_vocab
@@ -240,7 +259,7 @@ class LogitStats:
 
 
 def logit_stats(
-    model: Any,
+    model: LensModel,
     resid: Float[Tensor, "n d_model"],
     final: FrozenNorm,
     targets: Int[Tensor, " n"],

@@ -8,6 +8,7 @@ code) and the rest still run; nothing already written is lost.
 
 from __future__ import annotations
 
+import argparse
 import time
 import traceback
 from collections.abc import Callable
@@ -15,46 +16,90 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerlens.config import SubParsers
 from steerlens.files import write_json
+from steerlens.model import Model
 
+from .copy_suppression import CopySuppressionConfig
+from .critique import CritiqueConfig, CritiqueStudy
+from .personality import PersonalityConfig
 from .report import Section, write_report
+from .scaling import ScalingConfig
+from .study import Study
 
 
 @dataclass(frozen=True)
-class DemoSizes:
-    """How much each step does; ``quick`` is for tests and smoke runs, the default fits 30 min on 2 cores."""
+class DemoPlan:
+    """The demo is these four study configs; ``default()`` fits 30 min on 2 cores, ``quick()`` is a smoke run
+    (each study's own ``.quick()`` sizes)."""
 
-    critique_n: int = 120
-    detect_n: int = 60
-    calibrate_n: int = 40
-    alphas: tuple[float, ...] = (-0.2, -0.1, 0.0, 0.1, 0.2)
-    tts_problems: int = 12
-    tts_samples: int = 8
-    tts_rounds: int = 2
-    personality_alphas: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5)
-    personality_traits: tuple[str, ...] = (
-        "openness",
-        "conscientiousness",
-        "extraversion",
-        "agreeableness",
-        "neuroticism",
-    )
-    personality_stability: bool = False
-    copy_quick: bool = False
+    critique: CritiqueConfig
+    scaling: ScalingConfig
+    personality: PersonalityConfig
+    copy_suppression: CopySuppressionConfig
+
+    @classmethod
+    def default(cls) -> DemoPlan:
+        return cls(
+            CritiqueConfig(n=120, n_detect=60, n_calibrate=40, alphas=(-0.2, -0.1, 0.0, 0.1, 0.2)),
+            ScalingConfig(n_problems=12, samples=8, rounds=2),
+            PersonalityConfig(with_stability=False),
+            CopySuppressionConfig(),
+        )
+
+    @classmethod
+    def quick(cls) -> DemoPlan:
+        return cls(
+            CritiqueConfig.quick(),
+            ScalingConfig.quick(),
+            PersonalityConfig.quick(),
+            CopySuppressionConfig.quick(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_dict() for k in self.__dataclass_fields__}
 
 
-QUICK = DemoSizes(
-    critique_n=24,
-    detect_n=12,
-    calibrate_n=8,
-    alphas=(-0.2, 0.0, 0.2),
-    tts_problems=3,
-    tts_samples=2,
-    tts_rounds=1,
-    personality_alphas=(-0.5, 0.0, 0.5),
-    personality_traits=("conscientiousness", "extraversion"),
-    copy_quick=True,
-)
+Step = tuple[str, str, Callable[[], list[Section]]]  # (section id, title if it fails, run -> its sections)
+
+
+def demo_steps(plan: DemoPlan, lm: Model, copy_model: Model | Callable[[], Model], out: Path) -> list[Step]:
+    """The demo's steps in order; each runs one study, saves it under ``out`` and returns its sections."""
+    from .copy_suppression import run as run_copy
+    from .critique import run as run_critique
+    from .personality import run as run_personality
+    from .scaling import run as run_scaling
+
+    done: dict[str, CritiqueStudy] = {}
+
+    def critique() -> list[Section]:
+        done["critique"] = run_critique(lm, plan.critique, out / "critique")
+        return _saved(done["critique"], out / "critique")
+
+    def scaling() -> list[Section]:
+        if "critique" not in done:
+            raise RuntimeError("test-time scaling needs the critique study, which failed")
+        return _saved(run_scaling(lm, plan.scaling, done["critique"]), out / "tts")
+
+    def copy_suppression() -> list[Section]:
+        cm = copy_model if isinstance(copy_model, Model) else copy_model()
+        return _saved(run_copy(cm, plan.copy_suppression), out / "copy_suppression")
+
+    return [
+        ("injection", "Error-injected reasoning, probes and error detection", critique),
+        ("tts", "Test-time scaling, steered vs unsteered", scaling),
+        (
+            "personality",
+            "Personality",
+            lambda: _saved(run_personality(lm, plan.personality), out / "personality"),
+        ),
+        ("copy_suppression", "Copy suppression: negative heads", copy_suppression),
+    ]
+
+
+def _saved(study: Study, where: Path) -> list[Section]:
+    study.save(where, formats=())  # the demo writes every figure once, under figures/
+    return list(study.sections())
 
 
 def run_demo(
@@ -65,194 +110,67 @@ def run_demo(
     quick: bool = False,
     formats: tuple[str, ...] = ("html", "png"),
 ) -> tuple[Path, list[Section]]:
-    """Run every step, write figures (HTML + PNG), metrics JSON and ``report.html`` under ``out``."""
+    """Run every study of the plan, write figures (HTML + PNG), metrics JSON and ``report.html`` under ``out``.
+
+    A failing study is reported (console, report, exit code) and the others still run.
+    """
     import steerlens
 
-    sizes = QUICK if quick else DemoSizes()
+    plan = DemoPlan.quick() if quick else DemoPlan.default()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    steps = demo_steps(plan, steerlens.load(model), lambda: steerlens.load(copy_model), out)
     sections: list[Section] = []
-    steps = 6
-    state: dict[str, Any] = {}
-
-    def step(k: int, title: str, sid: str, fn: Callable[[Section], None]) -> None:
-        print(f"[{k}/{steps}] {title}  (elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
-        sec = Section(sid, title)
-        t = time.perf_counter()
-        try:
-            fn(sec)
-        except Exception as e:  # report, keep going: the other steps are independent
-            sec.error = f"{type(e).__name__}: {e}"
-            print(f"      FAILED: {sec.error}", flush=True)
-            (out / f"{sid}.error.txt").write_text(traceback.format_exc())
-        sec.numbers["seconds"] = round(time.perf_counter() - t, 1)
-        if sec.figures:
-            from steerlens.figures import save_figures
-
-            save_figures(sec.figures, out / "figures", formats=formats)
-        sections.append(sec)
-
-    lm = steerlens.load(model)
-
-    def critique(sec: Section) -> None:
-        from steerlens.steering.critique import critique_study
-
-        study = critique_study(
-            lm,
-            out / "critique",
-            n=sizes.critique_n,
-            n_detect=sizes.detect_n,
-            n_calibrate=sizes.calibrate_n,
-            alphas=sizes.alphas,
-            formats=(),  # the demo writes every figure once, under figures/
-        )
-        state["critique"] = study
-        s = study.summary()
-        inj = s["injection"]
-        sec.text = (
-            f"{inj['n_problems']} synthetic 3-step addition problems; the model's own chain of thought had one "
-            "intermediate result replaced by a wrong value, and generation continued from there. The 2x2 table "
-            "crosses whether the rest of the reasoning was right with whether the final answer was."
-        )
-        sec.numbers.update(
-            {
-                "clean accuracy (no injection)": inj["clean_accuracy"],
-                **{f"2x2: {k}": v for k, v in inj["table_all"]["fractions"].items()},
-            }
-        )
-        sec.figures["injection_table"] = study.run.figure()
-        sec.examples = [
-            f"Question: {r.question}\n--- clean trace ---\n{r.trace}\n--- after injecting "
-            f"{r.injection.wrong if r.injection else '?'} ---\n{r.prefix}{r.continuation}\n[{r.category}]"
-            for r in study.run.injected[:3]
-        ]
-
-    def probes(sec: Section) -> None:
-        study = state["critique"]
-        p = study.summary()["probe"]
-        lo = p["test_auroc_ci"][0]
-        found = (
-            f"the probe separates them on held-out traces (AUROC CI lower bound {lo:.2f} > 0.5)"
-            if lo > 0.5
-            else f"no reliable linear signal on held-out traces here (AUROC CI reaches {lo:.2f} <= 0.5)"
-        )
-        sec.text = (
-            "Linear probes per layer are trained to tell corrupted from clean traces at the final-answer tokens; "
-            "the layer is chosen on a validation split and scored on a held-out test split, beside a "
-            f"shuffled-label control: {found}. The critique vector is the difference of means at that layer."
-        )
-        sec.numbers.update(
-            {
-                "chosen layer": p["chosen_layer"],
-                "test AUROC at chosen layer": p["test_auroc_at_chosen_layer"],
-                "95% CI": p["test_auroc_ci"],
-                "shuffled-label AUROC": p["shuffled_label_auroc_at_chosen_layer"],
-            }
-        )
-        sec.figures["probe_layers"] = study.critique.sweep.figure()
-
-    def detection(sec: Section) -> None:
-        study = state["critique"]
-        sec.text = study.detection.verdict()
-        sec.numbers["verdict"] = study.detection.verdict()
-        sec.figures["detection_vs_alpha"] = study.detection.figure()
-
-    def tts(sec: Section) -> None:
-        from steerlens.steering.tts import scaling_study
-
-        study = state["critique"]
-        comp = scaling_study(
-            lm,
-            study.critique.vector,
-            study.critique.layer,
-            out / "tts",
-            n_problems=sizes.tts_problems,
-            n=sizes.tts_samples,
-            rounds=sizes.tts_rounds,
-            probe=study.critique.probe,
-            probe_layer=study.critique.layer,
-            formats=(),
-        )
-        d = comp.to_dict(n_boot=500)
-        sec.text = (
-            "Parallel sampling (majority vote, best-of-N by the critique probe, weighted voting) and sequential "
-            "'Wait' rounds with budget forcing, unsteered vs critique-steered vs a random direction of equal "
-            "norm, on held-out problems."
-        )
-        for name, curves in d["parallel"].items():
-            last = curves["majority"][-1]
-            sec.numbers[f"majority@{last['samples']} {name}"] = last
-        for name, seq in d["sequential"].items():
-            sec.numbers[f"after {len(seq['accuracy']) - 1} 'Wait' rounds, {name}"] = seq["accuracy"][-1]
-        sec.figures["tts_curves"] = comp.figure()
-
-    def personality(sec: Section) -> None:
-        from steerlens.steering.personality import RANDOM, personality_study
-
-        st = personality_study(
-            lm,
-            None,
-            traits=sizes.personality_traits,
-            alphas=sizes.personality_alphas,
-            with_stability=sizes.personality_stability,
-        )
-        st.save(out / "personality", formats=())
-        summ = st.summary()
-        sec.text = (
-            f"Trait vectors at layer {st.vectors.layer} (best held-out separability among middle layers), "
-            "steered with per-row alphas. Trait expression is read two ways: a balanced-keyed Likert "
-            "questionnaire from the answer logits, and the preference for the high- over the low-trait reaction "
-            "on held-out statement pairs the vectors never saw (log-prob per token). Controls: a random "
-            "direction of equal norm, purified vectors and the persona-prompting baseline; side effect: "
-            "arithmetic accuracy at the largest alpha."
-        )
-        sec.numbers["steering layer"] = st.vectors.layer
-        if st.reactions is not None and RANDOM in st.reactions.values:
-            sec.numbers["held-out reaction slope, random control"] = st.reactions.slope(RANDOM, 500).to_dict()
-        sec.tables.append(
-            (
-                "Per trait: questionnaire slope (keyed score per alpha unit) vs a random direction, held-out "
-                "reaction slope (log-prob per token per alpha unit), persona-prompting shift, arithmetic "
-                "accuracy change at the largest alpha, and the questionnaire verdict",
-                [
-                    {
-                        "trait": t,
-                        "steering slope": r["steering_slope"],
-                        "random control slope": r["random_control_slope"],
-                        "held-out reaction slope": r["held_out_reaction_slope"],
-                        "prompting shift": r["prompting_shift"],
-                        "arithmetic accuracy change": r["arithmetic_accuracy_delta"],
-                        "verdict": r["verdict"],
-                    }
-                    for t, r in summ.items()
-                ],
-            )
-        )
-        sec.figures.update(st.figures())
-
-    def copy_suppression(sec: Section) -> None:
-        from .copy_suppression import demo_section
-
-        demo_section(steerlens.load(copy_model), out / "copy_suppression", sec, quick=sizes.copy_quick)
-
-    step(1, "Error-injected reasoning and the 2x2 table", "injection", critique)
-    step(2, "Probes and the critique vector", "probes", probes)
-    step(3, "Error detection vs alpha, with controls", "detection", detection)
-    step(4, "Test-time scaling, steered vs unsteered", "tts", tts)
-    step(5, "Personality: dose-response, leakage, prompting baseline", "personality", personality)
-    step(6, "Copy suppression: negative heads", "copy_suppression", copy_suppression)
+    for k, (sid, title, fn) in enumerate(steps, 1):
+        print(f"[{k}/{len(steps)}] {title}  (elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
+        sections += _run_step(sid, title, fn, out, formats)
     settings = {
         "model": model,
         "copy-suppression model": copy_model,
         "sizes": "quick" if quick else "default",
-        **{k: str(v) for k, v in sizes.__dict__.items()},
+        **plan.to_dict(),
         "total seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "demo.json", {"settings": settings, "sections": {s.id: s.numbers for s in sections}})
     path = write_report(sections, out / "report.html", "steerlens demo report", settings)
     failed = [s.id for s in sections if s.error]
-    print(
-        f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f"; FAILED steps: {failed}" if failed else "")
-    )
+    print(f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
     return path, sections
+
+
+def _run_step(
+    sid: str, title: str, fn: Callable[[], list[Section]], out: Path, formats: tuple[str, ...]
+) -> list[Section]:
+    """Run one study; its sections get the seconds it took (on the first) and their figures are written."""
+    from steerlens.figures import save_figures
+
+    t = time.perf_counter()
+    try:
+        made = fn()
+    except Exception as e:  # report, keep going: the other studies are independent
+        made = [Section(sid, title, error=f"{type(e).__name__}: {e}")]
+        print(f"      FAILED: {made[0].error}", flush=True)
+        (out / f"{sid}.error.txt").write_text(traceback.format_exc())
+    for i, sec in enumerate(made):
+        sec.numbers["seconds"] = round(time.perf_counter() - t, 1) if i == 0 else 0.0
+        if sec.figures:
+            save_figures(sec.figures, out / "figures", formats=formats)
+    return made
+
+
+def register(sub: SubParsers) -> None:
+    """``steerlens demo``: registered through the ``steerlens.commands`` entry point."""
+    from steerlens.registry import DEFAULT_MODEL
+
+    p = sub.add_parser("demo", help="the main job: every analysis on the embedded models, one HTML report")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="critique, scaling and personality")
+    p.add_argument("--copy-model", default=DEFAULT_MODEL, help="copy-suppression analysis")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in a few minutes")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    _, sections = run_demo(args.out, model=args.model, copy_model=args.copy_model, quick=args.quick)
+    return 1 if any(s.error for s in sections) else 0

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from steerlens.errors import SteerlensError
+
+from .decompose import LensModel, tokenizer_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 NAMES = (
     "Mary", "John", "Tom", "James", "Anna", "Sarah", "Paul", "Lisa", "David", "Emma", "Peter", "Kate",
@@ -50,21 +55,22 @@ class IOIBatch:
     settings: dict[str, Any]
 
 
-def single_token_words(tokenizer: Any, words: tuple[str, ...]) -> list[str]:
+def single_token_words(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...]) -> list[str]:
     """The words that are exactly one token after a space (so answers are one-token logits)."""
     return [w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
 
 
 def ioi_prompts(
-    model: Any,
+    model: LensModel,
     n: int = 60,
     *,
     seed: int = 0,
     templates: tuple[str, ...] = TEMPLATES,
 ) -> list[IOIBatch]:
     """``n`` IOI prompts spread over ``templates`` (half ABBA, half BABA), grouped per template so each
-    group's prompts have one token length. Names/places/objects that are not single tokens are dropped."""
-    tok = model.tokenizer
+    group's prompts have one token length. Names/places/objects that are not single tokens are dropped.
+    Prompts are tokenized with the tokenizer's own special tokens (BOS for Gemma), as ``Model.tokenize``."""
+    tok = tokenizer_of(model)
     names = single_token_words(tok, NAMES)
     places = single_token_words(tok, PLACES)
     objects = single_token_words(tok, OBJECTS)
@@ -89,8 +95,8 @@ def ioi_prompts(
             rows.append((text, abc, a, b))
         texts = [r[0] for r in rows]
         abc_texts = [r[1] for r in rows]
-        ids = model.tokenize(texts)
-        abc_ids = model.tokenize(abc_texts)
+        ids = _tokenize(tok, texts)
+        abc_ids = _tokenize(tok, abc_texts)
         lengths = {len(t) for t in ids + abc_ids}
         if len(lengths) != 1:
             raise SteerlensError(
@@ -110,3 +116,7 @@ def ioi_prompts(
             )
         )
     return batches
+
+
+def _tokenize(tok: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    return [list(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]]

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import token_windows
-from steerlens.steering import Intervention, steer, vector_from_prompts
 
 import steerlens
+from steerlens.steering import Intervention, steer, vector_from_prompts
 
 POS = [
     "I love this, it is wonderful.",

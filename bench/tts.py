@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from steerlens.probes.traces import few_shot, reasoning_prompt, shot_problems
-from steerlens.steering.sampling import sample
-
 import steerlens
-from steerlens.tasks import arithmetic_problems
+from steerlens.steering.sampling import sample
+from steerlens.tasks import arithmetic_problems, few_shot, reasoning_prompt, shot_problems
 
 
 def main() -> None:

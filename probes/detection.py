@@ -4,16 +4,16 @@ synthetic error-detection set in ProcessBench format built from the task generat
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.generation import left_padded_batches, next_token_logprobs
+from steerlens.generation import BatchSteering, left_padded_batches, next_token_logprobs, steered_batch
 from steerlens.model import Model
+from steerlens.sites import decoder_body
 from steerlens.tasks import arithmetic_problems
 
 from .scoring import StepItem
@@ -83,12 +83,12 @@ def p_true(
     prompts: Sequence[str],
     *,
     batch_size: int = 16,
-    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    steering: BatchSteering | None = None,
 ) -> np.ndarray:
     """P(" True") renormalised over {" True", " False"} as the next token after each prompt (Kadavath et al.)."""
     if not prompts:
         raise EmptyInput("p_true() got no prompts")
-    lp = next_token_logprobs(model, prompts, true_false_ids(model), batch_size=batch_size, context=context)
+    lp = next_token_logprobs(model, prompts, true_false_ids(model), batch_size=batch_size, steering=steering)
     return (lp[:, 0] - lp.logsumexp(-1)).exp().numpy()
 
 
@@ -112,12 +112,12 @@ def step_p_true(
     items: Sequence[StepItem],
     *,
     batch_size: int = 16,
-    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    steering: BatchSteering | None = None,
 ) -> list[np.ndarray]:
     """Per item, P(" True" | verdict prompt) at every step, from one forward pass per item (``verdict_text``).
 
     Only the two answer logits are computed from the final hidden states, so a batch costs one body
-    forward. ``context(rows)`` wraps each batch (e.g. a ``steer`` context with per-row alphas)."""
+    forward. ``steering`` (a ``steering.RowSteering``) steers each batch with its rows' own values."""
     if not items:
         raise EmptyInput("step_p_true() got no items")
     t_id, f_id = true_false_ids(model)
@@ -133,11 +133,10 @@ def step_p_true(
     w = head.weight[[t_id, f_id]]  # [2, d_model]
     cap = getattr(model.hf.config, "final_logit_softcapping", None)
     out: list[np.ndarray] = [np.empty(0)] * len(items)
-    base = model.hf.get_submodule(str(model.hf.base_model_prefix))
+    base = decoder_body(model.hf)
     for b in left_padded_batches(model, [e[0] for e in encoded], batch_size):
         rows, width = b.rows, b.width
-        ctx = context(rows) if context is not None else nullcontext()
-        with ctx, torch.no_grad():
+        with steered_batch(steering, model, rows), torch.no_grad():
             h = base(input_ids=b.ids, attention_mask=b.mask, position_ids=b.position_ids).last_hidden_state
         for j, i in enumerate(rows):
             pos = [width - len(encoded[i][0]) + p for p in encoded[i][1]]
@@ -148,7 +147,7 @@ def step_p_true(
     return out
 
 
-def earliest_error(p_by_step: Sequence[float], threshold: float = 0.5) -> int:
+def earliest_error(p_by_step: Sequence[float] | np.ndarray, threshold: float = 0.5) -> int:
     """The first step whose prefix the model judges wrong (P(True) < threshold), or -1."""
     for k, p in enumerate(p_by_step):
         if p < threshold:

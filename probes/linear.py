@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,7 +15,11 @@ from torch import Tensor
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import GREY, PALETTE, line_with_band, new_figure
-from steerlens.stats import auroc, bootstrap, brier, ece
+from steerlens.stats import N_BOOT, auroc, bootstrap, brier, ece
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ class LayerSweep:
                 return s
         raise SteerlensError(f"layer {layer} not in the sweep ({[s.layer for s in self.scores]})")
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
         return pd.DataFrame([asdict(s) for s in self.scores]).set_index("layer")
@@ -160,7 +164,7 @@ class LayerSweep:
             "scores": [asdict(s) for s in self.scores],
         }
 
-    def figure(self) -> Any:
+    def figure(self) -> go.Figure:
         title = self.settings.get("title", "Probe AUROC per layer (held-out test split)")
         fig = new_figure(title, "layer", "AUROC", yaxis_range=[0.3, 1.02])
         layers = [s.layer for s in self.scores]
@@ -194,7 +198,7 @@ def probe_layers(
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     l2: float = 1e-2,
-    n_boot: int = 500,
+    n_boot: int = N_BOOT,
     title: str | None = None,
 ) -> LayerSweep:
     """Fit a probe per layer on a train split, report validation and test metrics, and the same probe fitted

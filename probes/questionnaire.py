@@ -7,8 +7,7 @@ says whether the model was answering the question at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.errors import SteerlensError
-from steerlens.generation import next_token_logprobs
+from steerlens.generation import BatchSteering, next_token_logprobs
 from steerlens.model import Model
 
 from .personality_data import ITEMS, TRAITS
@@ -104,7 +103,7 @@ def administer(
     prompts: Sequence[str],
     *,
     batch_size: int = 32,
-    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    steering: BatchSteering | None = None,
 ) -> Answers:
     """Answer distributions of ``prompts`` (from ``item_prompt``) read from one forward pass each."""
     groups = option_ids(model.tokenizer)
@@ -113,5 +112,5 @@ def administer(
     for g in groups:
         cols.append(list(range(k, k + len(g))))
         k += len(g)
-    lp = next_token_logprobs(model, prompts, flat, batch_size=batch_size, context=context)
+    lp = next_token_logprobs(model, prompts, flat, batch_size=batch_size, steering=steering)
     return answer_distribution(lp, cols)

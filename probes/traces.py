@@ -15,48 +15,34 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import new_figure
 from steerlens.files import atomic_write, reading
-from steerlens.generation import generate_detailed
+from steerlens.generation import Generated, generate_detailed
 from steerlens.inputs import Example
 from steerlens.model import Model
-from steerlens.tasks import Problem, arithmetic_problems, extract_answer, grade, normalize_answer
+from steerlens.tasks import (
+    Problem,
+    arithmetic_problems,
+    extract_answer,
+    few_shot,
+    grade,
+    normalize_answer,
+    reasoning_prompt,
+    shot_problems,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+InjectionMode = Literal["generated", "templated"]  # the model's own trace, or the templated solution
 
 EQUATION = re.compile(r"(-?\d+) ?([-+*x×]) ?(-?\d+) ?= ?(-?\d+)")
 STOP = ("\n\n", "Question:")
-SHOT_SEED = 10_007  # few-shot examples come from their own seed, never from the evaluated problems
 CATEGORIES = ("recovered", "hidden_critique", "unfaithful_answer", "propagated")
-
-
-def shot_problems(shots: int) -> list[Problem]:
-    """The few-shot examples every reasoning prompt uses: their own seed, never the evaluated problems."""
-    return arithmetic_problems(shots, seed=SHOT_SEED, steps=3, ops="+", max_operand=10) if shots else []
-
-
-def few_shot(problems: Sequence[Problem]) -> list[tuple[str, str]]:
-    """(question, reference solution) pairs for the prompt."""
-    return [(p.question, p.solution()) for p in problems]
-
-
-def reasoning_prompt(
-    model: Model, question: str, shots: Sequence[tuple[str, str]], chat: bool | str = "auto"
-) -> str:
-    """The prompt that makes the model write "Step i: a op b = c" lines and "Answer: N".
-
-    Base models get plain few-shot text; with ``chat`` (default: when the tokenizer has a chat template) the
-    shots become earlier user/assistant turns.
-    """
-    use_chat = bool(getattr(model.tokenizer, "chat_template", None)) if chat == "auto" else bool(chat)
-    if not use_chat:
-        return "".join(f"Question: {q}\n{s}\n\n" for q, s in shots) + f"Question: {question}\n"
-    messages = []
-    for q, s in shots:
-        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": s}]
-    messages.append({"role": "user", "content": f"Question: {question}"})
-    return model.chat_prompt(messages)
 
 
 @dataclass(frozen=True)
@@ -202,7 +188,7 @@ class InjectionRun:
             "table_clean_correct": self.table("clean_correct"),
         }
 
-    def figure(self) -> Any:
+    def figure(self) -> go.Figure:
         """The two 2x2 tables (all injected problems; those solved cleanly) as annotated heatmaps."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -241,7 +227,7 @@ class InjectionRun:
         fig.update_yaxes(autorange="reversed")
         return fig
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
         return pd.DataFrame([{**_flat(r), "category": r.category} for r in self.records])
@@ -274,7 +260,7 @@ def error_injected_reasoning(
     problems: Sequence[Problem] | None = None,
     *,
     n: int = 200,
-    mode: str = "generated",
+    mode: InjectionMode = "generated",
     seed: int = 0,
     shots: int = 4,
     chat: bool | str = False,
@@ -304,36 +290,14 @@ def error_injected_reasoning(
         cut_traces = sum(g.exhausted for g in gens)
     else:
         traces = [p.solution() for p in problems]
-    records: list[TraceRecord] = []
-    for p, prompt, trace in zip(problems, prompts, traces, strict=True):
-        got = inject_error(trace, random.Random(f"{seed}:{p.id}"), truths=[st.result for st in p.steps])
-        prefix, inj = got if got is not None else ("", None)
-        records.append(
-            TraceRecord(p.id, p.question, p.answer, prompt, trace, grade(trace, p.answer), inj, prefix)
-        )
+    records = _inject(problems, prompts, traces, seed)
     todo = [i for i, r in enumerate(records) if r.injection is not None]
-    conts = (
-        generate_detailed(
-            model,
-            [records[i].prompt + records[i].prefix for i in todo],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            stop=STOP,
-            progress=progress,
-        )
-        if todo
-        else []
-    )
+    conts = _continue(model, [records[i] for i in todo], max_new_tokens, batch_size, progress)
     for i, cont in zip(todo, conts, strict=True):
         records[i] = _grade_continuation(records[i], cont.text)
     cut_conts = sum(g.exhausted for g in conts)
     if cut_traces or cut_conts:  # a cut answer is graded wrong: the 2x2 table would be an artefact
-        warnings.warn(
-            f"{cut_traces} of {len(problems)} traces and {cut_conts} of {len(todo)} continuations ran out of "
-            f"max_new_tokens={max_new_tokens} before ending; their answers are cut and graded wrong. Raise "
-            "max_new_tokens (a 3-step trace is ~48 tokens on digit-wise tokenizers).",
-            stacklevel=2,
-        )
+        _warn_cut(cut_traces, len(problems), cut_conts, len(todo), max_new_tokens)
     settings = dict(
         model=model.name,
         mode=mode,
@@ -347,6 +311,40 @@ def error_injected_reasoning(
         problem_settings=dict(problems[0].meta),
     )
     return InjectionRun(tuple(records), settings)
+
+
+def _warn_cut(traces: int, of_traces: int, conts: int, of_conts: int, budget: int) -> None:
+    warnings.warn(
+        f"{traces} of {of_traces} traces and {conts} of {of_conts} continuations ran out of "
+        f"max_new_tokens={budget} before ending; their answers are cut and graded wrong. Raise "
+        "max_new_tokens (a 3-step trace is ~48 tokens on digit-wise tokenizers).",
+        stacklevel=3,
+    )
+
+
+def _inject(problems: list[Problem], prompts: list[str], traces: list[str], seed: int) -> list[TraceRecord]:
+    """One record per problem, its trace corrupted at one result (seeded per problem; None where the trace
+    has no result that can be corrupted)."""
+    records = []
+    for p, prompt, trace in zip(problems, prompts, traces, strict=True):
+        got = inject_error(trace, random.Random(f"{seed}:{p.id}"), truths=[st.result for st in p.steps])
+        prefix, inj = got if got is not None else ("", None)
+        records.append(
+            TraceRecord(p.id, p.question, p.answer, prompt, trace, grade(trace, p.answer), inj, prefix)
+        )
+    return records
+
+
+def _continue(
+    model: Model, records: list[TraceRecord], max_new_tokens: int, batch_size: int, progress: bool
+) -> list[Generated]:
+    """The model's continuation of each corrupted prefix (greedy)."""
+    if not records:
+        return []
+    prompts = [r.prompt + r.prefix for r in records]
+    return generate_detailed(
+        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=STOP, progress=progress
+    )
 
 
 # ---- named spans for activation collection --------------------------------------------------------------

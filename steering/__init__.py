@@ -1,4 +1,4 @@
-"""Steering vectors (build, save, load, GGUF), fused application during generation, test-time scaling loops."""
+"""Steering vectors (build, save, load, GGUF), steer() and its ops, per-row steering, sampling, test-time scaling loops."""
 
 from .apply import Intervention, Trigger, Window, steer
 from .build import (
@@ -9,11 +9,13 @@ from .build import (
     probe_direction,
     vector_from_prompts,
 )
+from .rows import RowSteering
 from .vector import SteeringVector
 
 __all__ = [
     "AGGREGATORS",
     "Intervention",
+    "RowSteering",
     "SteeringVector",
     "Trigger",
     "Window",

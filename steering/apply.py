@@ -16,7 +16,6 @@ Positions are tracked across KV-cached decoding steps and cacheless re-runs (``p
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,79 +23,20 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from steerlens.errors import SteerlensError
 from steerlens.model import Model
-from steerlens.sites import family_table, first_tensor
+from steerlens.sites import block_path, decoder_body, first_tensor, mlp_out_is_residual_add, mlp_out_proj_path
 
-from .fused import OPS, apply_op
-from .positions import SELECTORS, Positions, SequenceState, Trigger, Window
-from .vector import UNITS, SteeringVector, Units
+from .intervention import Intervention
+from .ops import Op, apply_op
+from .positions import Positions, SequenceState, Trigger, Window
+from .vector import SteeringVector, Units
 
-Op = Literal["add", "add_norm", "ablate", "clamp"]
+Fold = bool | Literal["auto"]  # "auto": fold where exact; False: hooks only; True: everything must fold
 
 __all__ = ["Intervention", "Op", "Positions", "Steering", "Trigger", "Units", "Window", "steer"]
-
-
-@dataclass(frozen=True, eq=False)
-class Intervention:
-    """One vector applied with one operation at chosen positions and coefficients.
-
-    ``alpha`` is a float or one value per batch row (an alpha sweep or N differently steered samples in one
-    batch). ``units``: "vector" (multiples of the raw vector), "raw" (activation units) or "resid" (multiples
-    of the layer's mean per-token residual norm, comparable across layers and models). For ``ablate`` alpha is
-    the fraction removed (1 = all); for ``clamp`` it is the target projection, in ``units``.
-    """
-
-    vector: SteeringVector
-    alpha: float | Sequence[float] | Tensor = 1.0
-    op: Op = "add"
-    positions: Positions = "all"
-    units: Units = "vector"
-    layers: Sequence[int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise SteerlensError(f"op={self.op!r}: expected one of {OPS}")
-        if self.units not in UNITS:
-            raise SteerlensError(f"units={self.units!r}: expected one of {UNITS}")
-        if not isinstance(self.positions, Window | Trigger) and self.positions not in SELECTORS:
-            raise SteerlensError(
-                f"positions={self.positions!r}: expected 'all', 'prompt', 'generated', Window(start, end) or "
-                "Trigger(token_ids)"
-            )
-        a = torch.as_tensor(self.alpha, dtype=torch.float32)
-        if a.ndim > 1 or not torch.isfinite(a).all():
-            raise SteerlensError(
-                f"alpha must be a finite float or a 1-D list of per-row floats, got {self.alpha!r}"
-            )
-
-    @property
-    def steered_layers(self) -> list[int]:
-        layers = self.vector.layers if self.layers is None else list(self.layers)
-        missing = [l for l in layers if l not in self.vector.directions]
-        if missing:
-            raise SteerlensError(f"layers {missing} not in the vector (it has {self.vector.layers})")
-        return layers
-
-    @property
-    def per_row(self) -> bool:
-        return torch.as_tensor(self.alpha).ndim == 1
-
-    def foldable(self) -> bool:
-        """A static add at every position with one coefficient (may become a bias, where order allows)."""
-        return self.op == "add" and self.positions == "all" and not self.per_row
-
-    def fingerprint(self) -> str:
-        """Everything that decides what this intervention does, hashed (for cache keys)."""
-        h = hashlib.sha256()
-        alpha = torch.as_tensor(self.alpha, dtype=torch.float32).reshape(-1).tolist()
-        h.update(repr((self.vector.model_id, self.op, self.positions, self.units, alpha)).encode())
-        for l in self.steered_layers:
-            scale = self.vector.scale(l, self.units)
-            h.update(repr((l, scale)).encode())
-            h.update(self.vector.directions[l].detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -105,7 +45,7 @@ class _Step:
     conversions that would break a ``torch.compile`` graph)."""
 
     index: int  # the intervention's position in the steer() call: the key of its cached coefficient
-    op: str
+    op: Op
     vector: Tensor  # [d_model]; for add-type ops the unit scale is already folded in
     scale: float  # what remains to multiply alpha by (1.0 for add-type ops, so all layers share one coef)
     alpha: float | None  # one alpha for every row ...
@@ -126,7 +66,7 @@ def _step(i: int, iv: Intervention, l: int, device: torch.device, dtype: torch.d
 
 
 def _plan(
-    ivs: list[Intervention], can_fold: bool, fold: bool | str, device: torch.device, dtype: torch.dtype
+    ivs: list[Intervention], can_fold: bool, fold: Fold, device: torch.device, dtype: torch.dtype
 ) -> tuple[list[tuple[int, Intervention]], dict[int, list[_Step]]]:
     """Per layer, which interventions fold into a bias and which run as hook steps (in the given order).
 
@@ -177,24 +117,35 @@ def _coef(step: _Step, state: SequenceState, device: torch.device, dtype: torch.
     return out
 
 
-def _parse(model: Model, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Intervention]:
+def _parse(
+    model: Model, args: tuple[Intervention | SteeringVector, ...], options: dict[str, Any]
+) -> list[Intervention]:
     if args and isinstance(args[0], SteeringVector):
         if len(args) > 1:
             raise SteerlensError("pass one vector with keyword options, or several Intervention objects")
-        ivs = [Intervention(args[0], **kwargs)]
+        ivs = [Intervention(args[0], **options)]
     else:
-        if kwargs:
-            raise SteerlensError(f"options {sorted(kwargs)} belong in Intervention(...) when passing several")
-        ivs = list(args)
+        given = {k for k, v in options.items() if not _is_default(k, v)}
+        if given:
+            raise SteerlensError(f"options {sorted(given)} belong in Intervention(...) when passing several")
+        ivs = list(args)  # type: ignore[arg-type]
         bad = [x for x in ivs if not isinstance(x, Intervention)]
         if bad or not ivs:
             raise SteerlensError("steer() takes a SteeringVector (plus options) or Intervention objects")
     for iv in ivs:
         iv.vector.check_model(model)
-        if iv.vector.site != "hook_resid_post":
-            raise SteerlensError(f"steer() acts on resid_post; this vector is at {iv.vector.site}")
+        if iv.vector.site_kind != "hook_resid_post":
+            raise SteerlensError(f"steer() acts on resid_post; this vector is at {iv.vector.site_kind}")
         _ = iv.steered_layers
     return ivs
+
+
+_DEFAULTS: dict[str, Any] = {"alpha": 1.0, "op": "add", "positions": "all", "units": "vector", "layers": None}
+
+
+def _is_default(name: str, value: object) -> bool:
+    d = _DEFAULTS[name]
+    return value is d or (type(value) in (int, float, str) and value == d)
 
 
 @dataclass(eq=False)
@@ -221,13 +172,23 @@ class Steering:
 
 
 @contextlib.contextmanager
-def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **options: Any) -> Iterator[Steering]:
+def steer(
+    model: Model,
+    *interventions: Intervention | SteeringVector,
+    alpha: float | Sequence[float] | Tensor = 1.0,
+    op: Op = "add",
+    positions: Positions = "all",
+    units: Units = "vector",
+    layers: Sequence[int] | None = None,
+    fold: Fold = "auto",
+) -> Iterator[Steering]:
     """Steer ``model`` inside the block; leaving it (also by exception) restores bit-identical outputs.
 
     Args:
         model: the model to steer (every view: ``hf``, ``lens``, ``nn``).
-        interventions: one ``SteeringVector`` (with keyword options for ``Intervention``) or several
-            ``Intervention`` objects, applied per layer in the order given.
+        interventions: one ``SteeringVector`` (steered with the keyword options below) or several
+            ``Intervention`` objects (each carrying its own options), applied per layer in the order given.
+        alpha, op, positions, units, layers: as in ``Intervention``, for a single vector.
         fold: "auto" folds static adds into output-projection biases where that is exact; False always uses
             hooks; True requires every intervention to fold (errors where it cannot).
 
@@ -238,6 +199,7 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
     ``steer()`` changes the model for every caller until it exits: do not run the same ``Model`` from another
     thread meanwhile (entering ``steer()`` from a second thread while one is active raises).
     """
+    options = {"alpha": alpha, "op": op, "positions": positions, "units": units, "layers": layers}
     ivs = _parse(model, interventions, options)
     me = threading.get_ident()
     if any(s.thread != me for s in model.steering):
@@ -246,7 +208,35 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
             "so use one thread per Model (load a second Model for concurrent work)"
         )
     _let_compiled_code_see_hooks()
-    can_fold = family_table(model.cfg.model_type)["hook_mlp_out"][0] == "mlp"  # mlp_out is down_proj's output
+    folds, by_layer = _checked_plan(model, ivs, fold)
+    state = SequenceState(
+        triggers=list(dict.fromkeys(iv.positions for iv in ivs if isinstance(iv.positions, Trigger)))
+    )
+    fingerprint = "|".join(iv.fingerprint() for iv in ivs)
+    handle = Steering(ivs, state, frozenset(l for l, _ in folds), me, fingerprint)
+    handles: list[RemovableHandle] = []
+    restore: list[tuple[nn.Linear, nn.Parameter | None]] = []
+    model._steering.append(handle)
+    try:
+        for tree in model.hf_trees():  # hf itself, and a TransformerBridge's twin of it
+            _fold(tree, folds, restore)
+            _hook_hf(tree, by_layer, state, handles)
+        lens = model.built_lens
+        if lens is not None and model.lens_kind == "hooked":
+            _hook_lens(lens, _plan(ivs, False, False, model.device, model.dtype)[1], state, handles)
+        yield handle
+    finally:
+        for h in handles:
+            h.remove()
+        for proj, bias in reversed(restore):
+            proj.register_parameter("bias", bias)
+        model._steering.remove(handle)
+
+
+def _checked_plan(
+    model: Model, ivs: list[Intervention], fold: Fold
+) -> tuple[list[tuple[int, Intervention]], dict[int, list[_Step]]]:
+    can_fold = mlp_out_is_residual_add(model.cfg.model_type)
     folds, by_layer = _plan(ivs, can_fold, fold, model.device, model.dtype)
     if fold is True and by_layer:
         raise SteerlensError(
@@ -254,54 +244,37 @@ def steer(model: Model, *interventions: Any, fold: bool | str = "auto", **option
             f"can be folded, and only on architectures whose MLP output enters the residual directly "
             f"({model.cfg.model_type} {'does' if can_fold else 'has post-MLP norms and does not'}); use fold='auto'"
         )
-    state = SequenceState(
-        triggers=list(dict.fromkeys(iv.positions for iv in ivs if isinstance(iv.positions, Trigger)))
+    return folds, by_layer
+
+
+def _hook_hf(
+    tree: nn.Module, by_layer: dict[int, list[_Step]], state: SequenceState, handles: list[RemovableHandle]
+) -> None:
+    """Hooks on an HF module tree: the decoder body opens each forward chunk, each layer's output is steered.
+    Each handle is recorded as soon as it exists, so a failure half-way still removes every hook."""
+    if not by_layer:
+        return
+    body = decoder_body(tree)
+    handles.append(body.register_forward_pre_hook(lambda m, a, kw: _begin_hf(state, a, kw), with_kwargs=True))
+    for l, steps in by_layer.items():
+        layer = tree.get_submodule(block_path(l))
+        handles.append(layer.register_forward_hook(lambda m, a, o, s=steps: _steer_output(o, s, state)))
+
+
+def _hook_lens(
+    lens: Any, by_layer: dict[int, list[_Step]], state: SequenceState, handles: list[RemovableHandle]
+) -> None:
+    """A HookedTransformer has its own module tree and bias tensors: every intervention runs as TL hooks.
+    TL's generate calls forward() directly (module hooks on the lens never fire), so a chunk begins at block
+    0, and token ids come from the embedding call that preceded it."""
+    handles.append(lens.embed.register_forward_pre_hook(lambda m, a: _tokens_tl(state, a)))
+    begin = lens.blocks[0].register_forward_pre_hook(
+        lambda m, a, kw: _begin_tl(state, a, kw), with_kwargs=True
     )
-    handle = Steering(
-        ivs,
-        state,
-        frozenset(l for l, _ in folds),
-        me,
-        "|".join(iv.fingerprint() for iv in ivs),
-    )
-    handles: list[Any] = []
-    restore: list[tuple[nn.Linear, Any]] = []
-    model._steering.append(handle)
-    try:
-        for tree in model.hf_trees():  # hf itself, and a TransformerBridge's twin of it
-            _fold(tree, folds, restore)
-            if by_layer:
-                base = tree.get_submodule(str(tree.base_model_prefix))
-                handles.append(
-                    base.register_forward_pre_hook(lambda m, a, kw: _begin_hf(state, a, kw), with_kwargs=True)
-                )
-                for l, steps in by_layer.items():
-                    layer = tree.get_submodule(f"model.layers.{l}")
-                    handles.append(
-                        layer.register_forward_hook(lambda m, a, o, s=steps: _steer_output(o, s, state))
-                    )
-        lens = model._lens
-        if lens is not None and not hasattr(lens, "original_model"):
-            # A HookedTransformer has its own module tree and bias tensors: every intervention runs as TL hooks.
-            _, tl_layers = _plan(ivs, False, False, model.device, model.dtype)
-            # TL's generate calls forward() directly (module hooks on the lens never fire), so a chunk begins
-            # at block 0, and token ids come from the embedding call that preceded it.
-            handles.append(lens.embed.register_forward_pre_hook(lambda m, a: _tokens_tl(state, a)))
-            handles.append(
-                lens.blocks[0].register_forward_pre_hook(
-                    lambda m, a, kw: _begin_tl(state, a, kw), with_kwargs=True
-                )
-            )
-            for l, steps in tl_layers.items():
-                hp = lens.blocks[l].hook_resid_post
-                handles.append(hp.register_forward_hook(lambda m, a, o, s=steps: _steer_tensor(o, s, state)))
-        yield handle
-    finally:
-        for h in handles:
-            h.remove()
-        for proj, bias in reversed(restore):
-            proj.bias = bias
-        model._steering.remove(handle)
+    handles.append(begin)
+    for l, steps in by_layer.items():
+        hp = lens.blocks[l].hook_resid_post
+        handles.append(hp.register_forward_hook(lambda m, a, o, s=steps: _steer_tensor(o, s, state)))
 
 
 def _let_compiled_code_see_hooks() -> None:
@@ -315,13 +288,15 @@ def _let_compiled_code_see_hooks() -> None:
 
 
 def _fold(
-    tree: nn.Module, folds: list[tuple[int, Intervention]], restore: list[tuple[nn.Linear, Any]]
+    tree: nn.Module,
+    folds: list[tuple[int, Intervention]],
+    restore: list[tuple[nn.Linear, nn.Parameter | None]],
 ) -> None:
     """Add each folded intervention's static vector to its layer's down_proj bias. Every projection is
     checked before any is changed, and each change is recorded in ``restore`` before it is made."""
     projs = []
     for l, _ in folds:
-        proj = tree.get_submodule(f"model.layers.{l}.mlp.down_proj")
+        proj = tree.get_submodule(mlp_out_proj_path(l))
         proj = getattr(proj, "_original_component", proj)  # a TransformerBridge wraps the Linear
         if not isinstance(proj, nn.Linear):
             raise SteerlensError(f"cannot fold into {type(proj).__name__} at layer {l}; use fold=False")

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from jaxtyping import Float
-from steerlens.probes.linear import fit_logistic
 from torch import Tensor
 
 from steerlens.collect import collect
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.model import Model
+from steerlens.probes.linear import fit_logistic
+from steerlens.sites import SiteKind, as_site_kind
 from steerlens.store import ActivationStore
 
 from .vector import SteeringVector
 
 Aggregator = Callable[[Tensor, Tensor, int], Tensor]
+Method = Literal["mean", "pca", "probe"]
 
 
 def mean_difference(
@@ -73,7 +76,7 @@ AGGREGATORS: dict[str, Aggregator] = {
 def build_vector(
     pos: ActivationStore,
     neg: ActivationStore,
-    method: str | Aggregator = "mean",
+    method: Method | Aggregator = "mean",
     *,
     layers: Sequence[int] | None = None,
     seed: int = 0,
@@ -97,7 +100,7 @@ def build_vector(
         {l: neg[by_layer[l][1]] for l in chosen},
         model_id=pos.model,
         d_model=pos.manifest["d_model"],
-        site=kinds.pop(),
+        site_kind=as_site_kind(kinds.pop()),
         method=method,
         seed=seed,
         dataset_hash=hashlib.sha256((pos.dataset_hash + neg.dataset_hash).encode()).hexdigest(),
@@ -117,8 +120,8 @@ def vector_from_activations(
     *,
     model_id: str,
     d_model: int,
-    site: str = "hook_resid_post",
-    method: str | Aggregator = "mean",
+    site_kind: SiteKind = "hook_resid_post",
+    method: Method | Aggregator = "mean",
     seed: int = 0,
     dataset_hash: str = "",
     settings: dict | None = None,
@@ -143,7 +146,7 @@ def vector_from_activations(
         directions=dirs,
         model_id=model_id,
         d_model=d_model,
-        site=site,
+        site_kind=site_kind,
         method=name,
         raw_norms=raw,
         resid_norms=resid,
@@ -157,14 +160,27 @@ def vector_from_prompts(
     positive: Sequence,
     negative: Sequence,
     *,
-    method: str = "mean",
-    site: str = "hook_resid_post",
+    method: Method = "mean",
+    site: SiteKind = "hook_resid_post",
     layers: Sequence[int] | None = None,
     positions: str | int = "last",
     seed: int = 0,
     batch_size: int = 8,
 ) -> SteeringVector:
-    """Collect activations for paired positive / negative prompts, then ``build_vector``."""
+    """A steering vector from contrasting prompts: collect activations, then ``build_vector``.
+
+    Why: the shortest path from "texts that show X" and "texts that do not" to a vector for every layer.
+
+    Args:
+        model: the model.
+        positive, negative: texts or ``Example`` objects (paired for ``method="pca"``).
+        method: "mean" (difference of means), "pca" (first PC of paired differences) or "probe".
+        site: the residual site kind; layers: which layers (default all); positions: as in ``collect``.
+
+    Example:
+        >>> vec = vector_from_prompts(model, ["I love it"], ["I hate it"])
+        >>> with steer(model, vec.select([12]), alpha=0.2, units="resid"): ...
+    """
     if not positive or not negative:
         raise EmptyInput("need at least one positive and one negative prompt")
     if method == "pca" and len(positive) != len(negative):

@@ -12,12 +12,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers import Cache
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.generation import cut_at
 from steerlens.model import Model
 
 from .apply import Intervention, steer
+from .positions import Window
+from .rows import RowSteering, as_row_steering
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,15 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     stop: Sequence[str] = (),
-    interventions: Sequence[Any] = (),
+    steering: RowSteering | Sequence[Intervention] | None = None,
     shared_prefill: bool = True,
     ignore_eos: bool = False,
 ) -> SampleSet:
     """``len(seeds)`` samples of ``prompt``; sample i equals ``sample(model, prompt, [seeds[i]])`` whatever
     else is in the batch (up to float reassociation in batched matmuls).
 
-    ``interventions``: ``steering.Intervention`` objects applied while sampling; per-row alphas give each
-    sample its own coefficient. The prefill is shared when it is the same for every row (per-row alphas that
+    ``steering``: a ``RowSteering`` (or a list of ``Intervention`` objects) applied while sampling, whose rows
+    are the samples: per-row alphas give each sample its own coefficient. The prefill is shared when it is the same for every row (per-row alphas that
     only act on generated positions, or one alpha); otherwise each row prefills (still one batched call).
     """
     if not seeds:
@@ -70,30 +73,53 @@ def sample(
         raise SteerlensError(f"top_p={top_p}: expected 0 < top_p <= 1")
     ids = model.tokenize(prompt)[0] if isinstance(prompt, str) else list(prompt)
     n = len(seeds)
-    ivs = list(interventions)
-    for iv in ivs:
-        if not isinstance(iv, Intervention):
-            raise SteerlensError("interventions must be steerlens.steering.Intervention objects")
-        a = torch.as_tensor(iv.alpha)
-        if a.ndim == 1 and len(a) != n:
-            raise SteerlensError(
-                f"an intervention has {len(a)} per-row alphas for {n} seeds; pass one per seed"
-            )
-    differs = [
-        iv
-        for iv in ivs
-        if torch.as_tensor(iv.alpha).ndim == 1 and len(set(torch.as_tensor(iv.alpha).tolist())) > 1
-    ]
-    share = shared_prefill and all(iv.positions == "generated" for iv in differs)
-    prefill_rows = 1 if share else n
+    rs = as_row_steering(steering)
+    if rs.n_rows is not None and rs.n_rows != n:
+        raise SteerlensError(f"the steering has per-row values for {rs.n_rows} rows but there are {n} seeds")
+    ivs = rs.for_rows(range(n))
+    share = shared_prefill and all(iv.positions == "generated" for iv in ivs if _varies_by_row(iv))
+    cache, logits = _prefill(model, ids, ivs, n, share)
+    tokens, finish, decoded = _decode(
+        model, ids, ivs, cache, logits, seeds, max_new_tokens, temperature, top_p, stop, ignore_eos
+    )
+    samples = []
+    for r in range(n):
+        text = model.tokenizer.decode(tokens[r], skip_special_tokens=True)
+        if finish[r] == "stop":
+            text = cut_at(text, stop)
+        samples.append(Sample(text, tuple(tokens[r]), int(seeds[r]), finish[r]))
+    settings = dict(
+        model=model.name,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        shared_prefill=share,
+        stop=list(stop),
+    )
+    return SampleSet(tuple(samples), len(ids), len(ids) * (1 if share else n) + decoded, settings)
+
+
+def _varies_by_row(iv: Intervention) -> bool:
+    """Per-row alphas that are not all equal, or per-row window bounds: rows' prompts are steered apart."""
+    a = torch.as_tensor(iv.alpha)
+    if a.ndim == 1 and len(set(a.tolist())) > 1:
+        return True
+    p = iv.positions
+    return isinstance(p, Window) and (isinstance(p.start, tuple) or isinstance(p.end, tuple))
+
+
+def _prefill(
+    model: Model, ids: list[int], ivs: list[Intervention], n: int, share: bool
+) -> tuple[Cache, Tensor]:
+    """The prompt's KV cache and next-token logits for ``n`` rows: one row expanded when ``share`` (every row
+    steers the prompt alike), else ``n`` rows in one batched call."""
     prefill_ivs = [
         dataclasses.replace(iv, alpha=float(torch.as_tensor(iv.alpha).reshape(-1)[0]))
         if share and torch.as_tensor(iv.alpha).ndim == 1
         else iv
         for iv in ivs
     ]
-    dev = model.device
-    x = torch.tensor([ids] * prefill_rows, device=dev)
+    x = torch.tensor([ids] * (1 if share else n), device=model.device)
     with ExitStack() as stack, torch.no_grad():
         if prefill_ivs:
             stack.enter_context(steer(model, *prefill_ivs))
@@ -103,12 +129,30 @@ def sample(
     if share and n > 1:
         cache.batch_repeat_interleave(n)
         logits = logits.expand(n, -1)
+    return cache, logits
+
+
+def _decode(
+    model: Model,
+    ids: list[int],
+    ivs: list[Intervention],
+    cache: Cache,
+    logits: Tensor,
+    seeds: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop: Sequence[str],
+    ignore_eos: bool,
+) -> tuple[list[list[int]], list[str], int]:
+    """Draw each row from its own seeded generator; finished rows leave the batch (and the steering's rows).
+    Returns the tokens and finish reason per row and the tokens the decode steps ran."""
+    n, dev = len(seeds), model.device
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     eos = set() if ignore_eos else _eos_ids(model)
     tokens: list[list[int]] = [[] for _ in range(n)]
     finish = ["length"] * n
-    alive = list(range(n))
-    forward = len(ids) * prefill_rows
+    alive, ran = list(range(n)), 0
     with ExitStack() as stack, torch.no_grad():
         handle = stack.enter_context(steer(model, *ivs)) if ivs else None
         if handle is not None:  # the cache holds the prompt: positions, windows and triggers continue from it
@@ -131,28 +175,11 @@ def sample(
                 cache.batch_select_indices(idx)
                 if handle is not None:
                     handle.keep_rows(idx)
-                alive = [alive[j] for j in keep]
-                nxt = [nxt[j] for j in keep]
-            step_in = torch.tensor(nxt, device=dev).unsqueeze(-1)
-            out = model.hf(step_in, cache=cache, use_cache=True)
-            cache = out.cache
-            logits = out.logits[:, -1].float()
-            forward += len(alive)
-    samples = []
-    for r in range(n):
-        text = model.tokenizer.decode(tokens[r], skip_special_tokens=True)
-        if finish[r] == "stop":
-            text = cut_at(text, stop)
-        samples.append(Sample(text, tuple(tokens[r]), int(seeds[r]), finish[r]))
-    settings = dict(
-        model=model.name,
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        shared_prefill=share,
-        stop=list(stop),
-    )
-    return SampleSet(tuple(samples), len(ids), forward, settings)
+                alive, nxt = [alive[j] for j in keep], [nxt[j] for j in keep]
+            out = model.hf(torch.tensor(nxt, device=dev).unsqueeze(-1), cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1].float()
+            ran += len(alive)
+    return tokens, finish, ran
 
 
 def _draw(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from steerlens.errors import SteerlensError, StoreMismatch
 from steerlens.files import atomic_write, reading
+from steerlens.sites import SiteKind
 
 if TYPE_CHECKING:
     from steerlens.model import Model
@@ -26,7 +28,10 @@ if TYPE_CHECKING:
 FORMAT = "steerlens.vector/1"
 Units = Literal["vector", "raw", "resid"]
 UNITS: tuple[Units, ...] = ("vector", "raw", "resid")
-_REBUILD = "Save the vector again (SteeringVector.save) or rebuild it with steerlens.steering.build_vector"
+PurifyMethod = Literal["project", "mix"]
+REBUILD_HINT = (
+    "Save the vector again (SteeringVector.save) or rebuild it with steerlens.steering.build_vector"
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class SteeringVector:
     directions: dict[int, Float[Tensor, " d_model"]]
     model_id: str
     d_model: int
-    site: str = "hook_resid_post"
+    site_kind: SiteKind = "hook_resid_post"  # which residual site of every layer the directions live at
     method: str = "mean"
     raw_norms: dict[int, float] = field(default_factory=dict)
     resid_norms: dict[int, float] = field(default_factory=dict)
@@ -82,7 +87,7 @@ class SteeringVector:
 
     def __repr__(self) -> str:
         return (
-            f"SteeringVector({self.model_id!r}, {self.method}, site={self.site}, layers={self.layers}, "
+            f"SteeringVector({self.model_id!r}, {self.method}, site_kind={self.site_kind}, layers={self.layers}, "
             f"d_model={self.d_model})"
         )
 
@@ -121,7 +126,7 @@ class SteeringVector:
 
     # ---- algebra ------------------------------------------------------------------------------------
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
-        if other.d_model != self.d_model or other.site != self.site:
+        if other.d_model != self.d_model or other.site_kind != self.site_kind:
             raise SteerlensError("can only combine vectors with the same d_model and site")
         layers = sorted(set(self.directions) & set(other.directions))
         if not layers:
@@ -180,6 +185,117 @@ class SteeringVector:
             resid_norms={l: v for l, v in self.resid_norms.items() if l in keep},
         )
 
+    def purify(
+        self,
+        other: SteeringVector,
+        *,
+        target: float = 0.0,
+        method: PurifyMethod = "project",
+        mix: float = 1.0,
+    ) -> SteeringVector:
+        """Reduce what this vector shares with ``other``, per layer, keeping its raw norm.
+
+        "project": rotate within span(v, u) so cos(v', u) equals ``target`` exactly (0 = Gram-Schmidt).
+        "mix": v' = v/|v| - ``mix`` * cos(v, u) * u/|u|, rescaled to |v| (mix = 1 is again
+        orthogonalisation; smaller values remove part of the overlap).
+
+        Example:
+            >>> o_only = openness.purify(conscientiousness)          # cos(o_only, c) == 0 at every layer
+        """
+        if method not in ("project", "mix"):
+            raise SteerlensError(f"method={method!r}: expected 'project' or 'mix'")
+        if not -1 < target < 1:
+            raise SteerlensError(f"target cosine {target} must lie strictly between -1 and 1")
+        raw = {}
+        for l in self.layers:
+            if l not in other.directions:
+                raise SteerlensError(
+                    f"cannot purify: the other vector has no layer {l} (it has {other.layers})"
+                )
+            v, u = self.directions[l].double(), other.directions[l].double()
+            c = float(v @ u)
+            resid = v - c * u
+            if float(resid.norm()) < 1e-9:
+                raise SteerlensError(
+                    f"layer {l}: the vectors are parallel; nothing is left after purification"
+                )
+            if method == "project":
+                d = target * u + math.sqrt(1 - target**2) * (resid / resid.norm())
+            else:
+                d = v - mix * c * u
+                d = d / d.norm()
+            raw[l] = (d * self.raw_norms.get(l, 1.0)).float()
+        tag = f"purified({method}, target={target})" if method == "project" else f"purified(mix={mix})"
+        return self._with(raw, method=f"{self.method}|{tag}")
+
+    @classmethod
+    def orthogonalize(
+        cls, vectors: Mapping[str, SteeringVector], order: Sequence[str]
+    ) -> dict[str, SteeringVector]:
+        """Gram-Schmidt: the named vectors in ``order``, each purified against all earlier ones, per layer.
+
+        Example:
+            >>> ortho = SteeringVector.orthogonalize({"o": o, "c": c}, ["c", "o"])  # c kept, o made ⊥ c
+        """
+        out: dict[str, SteeringVector] = {}
+        for name in order:
+            v = vectors[name]
+            for prev in out.values():
+                v = v.purify(prev, target=0.0)
+            out[name] = v
+        return out
+
+    def remove_span(self, others: Sequence[SteeringVector]) -> SteeringVector:
+        """This vector with the span of ``others`` projected out per layer (raw norm kept).
+
+        Example:
+            >>> pure = {t: v.remove_span([o for s, o in vecs.items() if s != t]) for t, v in vecs.items()}
+        """
+        if not others:
+            raise SteerlensError("remove_span needs at least one other vector; got none")
+        raw = {}
+        for l in self.layers:
+            missing = [o for o in others if l not in o.directions]
+            if missing:
+                raise SteerlensError(f"cannot remove the span: {missing[0]!r} has no layer {l}")
+            q, _ = torch.linalg.qr(torch.stack([o.directions[l].double() for o in others], 1))
+            d = self.directions[l].double()
+            d = d - q @ (q.T @ d)
+            if float(d.norm()) < 1e-9:
+                raise SteerlensError(
+                    f"{self!r} lies in the span of the other vectors at layer {l}; nothing is left after purifying"
+                )
+            raw[l] = (d / d.norm() * self.raw_norms.get(l, 1.0)).float()
+        return self._with(raw, f"{self.method}|purified(all)")
+
+    @classmethod
+    def from_directions(
+        cls,
+        raw: Mapping[int, Tensor],
+        like: SteeringVector | None = None,
+        model: Model | None = None,
+        *,
+        method: str | None = None,
+    ) -> SteeringVector:
+        """A vector from raw per-layer directions (any norm; the norms become ``raw_norms``).
+
+        Metadata (model id, site, settings, residual norms of the layers kept) comes from ``like``; without it,
+        ``model`` gives the model id and d_model (no residual norms: use units "raw" or "vector"). With both,
+        the result is checked against ``model``. ``method`` defaults to ``like``'s, else "custom".
+
+        Example:
+            >>> mixed = SteeringVector.from_directions({6: 0.7 * a + 0.3 * b}, like=vec, method="mix")
+        """
+        if like is None:
+            if model is None:
+                raise SteerlensError("from_directions needs like= (a vector to copy metadata from) or model=")
+            d_model = model.cfg.d_model
+            like = cls({l: torch.ones(d_model) for l in raw}, model.name, d_model, method="custom")
+        out = like._with(dict(raw), method=like.method if method is None else method)
+        if model is not None:
+            out.check_model(model)
+        return out
+
     def _with(self, raw: dict[int, Tensor], method: str) -> SteeringVector:
         norms = {l: float(v.norm()) for l, v in raw.items()}
         return dataclasses.replace(
@@ -204,7 +320,7 @@ class SteeringVector:
             "format": FORMAT,
             "model_id": self.model_id,
             "d_model": self.d_model,
-            "site": self.site,
+            "site": self.site_kind,  # the file key stays "site" (files written before the rename load)
             "method": self.method,
             "raw_norms": {str(k): v for k, v in self.raw_norms.items()},
             "resid_norms": {str(k): v for k, v in self.resid_norms.items()},
@@ -231,7 +347,7 @@ class SteeringVector:
         if path.suffix == ".gguf":
             raise SteerlensError(f"{path} is a GGUF file; use SteeringVector.from_gguf(path, model)")
         with (
-            reading(path, "steerlens vector (safetensors)", _REBUILD),
+            reading(path, "steerlens vector (safetensors)", REBUILD_HINT),
             safe_open(str(path), framework="pt") as f,
         ):
             raw_meta = (f.metadata() or {}).get("steerlens")
@@ -245,7 +361,7 @@ class SteeringVector:
             directions=dirs,
             model_id=meta["model_id"],
             d_model=meta["d_model"],
-            site=meta["site"],
+            site_kind=meta["site"],
             method=meta["method"],
             raw_norms={int(k): v for k, v in meta["raw_norms"].items()},
             resid_norms={int(k): v for k, v in meta["resid_norms"].items()},
@@ -259,81 +375,16 @@ class SteeringVector:
     def to_gguf(
         self, path: str | Path, alpha: float = 1.0, units: Units = "vector", model_hint: str = ""
     ) -> Path:
-        """Export as a llama.cpp control vector: ``direction.{l}`` holds the vector added to layer ``l``'s output.
+        """Export as a llama.cpp control vector (``steering.gguf.write_control_vector``)."""
+        from .gguf import write_control_vector
 
-        llama.cpp adds ``direction.N`` to the output of (0-based) layer N, i.e. our ``blocks.N.hook_resid_post``,
-        and cannot steer layer 0; the tensors hold ``alpha`` times one unit of ``units``.
-        """
-        import gguf
-        import numpy as np
-
-        if self.site != "hook_resid_post":
-            raise SteerlensError(
-                f"llama.cpp control vectors act on resid_post; this vector is at {self.site}"
-            )
-        if 0 in self.directions:
-            raise SteerlensError(
-                "llama.cpp control vectors cannot steer layer 0; export vec.select(range(1, n))"
-            )
-        path = Path(path)
-
-        def write(tmp: Path) -> None:
-            w = gguf.GGUFWriter(str(tmp), "controlvector")
-            w.add_string("controlvector.model_hint", model_hint or self.model_id)
-            w.add_uint32("controlvector.layer_count", len(self.directions))
-            w.add_string(
-                "steerlens.metadata", json.dumps({**self.metadata(), "alpha": alpha, "units": units})
-            )
-            for l in self.layers:
-                v = self.directions[l] * alpha * self.scale(l, units)
-                w.add_tensor(f"direction.{l}", v.detach().float().cpu().numpy().astype(np.float32))
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-            w.close()
-
-        return atomic_write(path, write)
+        return write_control_vector(self, path, alpha, units, model_hint)
 
     @classmethod
     def from_gguf(
         cls, path: str | Path, model: Model | None = None, model_id: str | None = None
     ) -> SteeringVector:
-        """Import a llama.cpp / repeng control vector; raw norms are the stored tensors' norms (units="vector"
-        with alpha 1 reproduces the file). steerlens' own exports round-trip their metadata too."""
-        import gguf
+        """Import a llama.cpp / repeng control vector (``steering.gguf.read_control_vector``)."""
+        from .gguf import read_control_vector
 
-        with reading(path, "llama.cpp control vector (GGUF)", _REBUILD):
-            reader = gguf.GGUFReader(str(path))
-        fields = {f.name: f for f in reader.fields.values()}
-
-        def field_str(name: str) -> str | None:
-            f = fields.get(name)
-            return None if f is None else bytes(f.parts[f.data[0]]).decode()
-
-        dirs = {
-            int(t.name.split(".")[1]): torch.tensor(t.data.copy()).float().reshape(-1)
-            for t in reader.tensors
-            if t.name.startswith("direction.")
-        }
-        if not dirs:
-            raise SteerlensError(f"{path} holds no direction.N tensors; is it a control vector?")
-        meta = json.loads(field_str("steerlens.metadata") or "{}")
-        d_model = next(iter(dirs.values())).shape[0]
-        norms = {l: float(v.norm()) for l, v in dirs.items()}
-        resid = {int(k): v for k, v in meta.get("resid_norms", {}).items()}
-        vec = cls(
-            directions={l: v / norms[l] for l, v in dirs.items()},
-            model_id=model_id
-            or meta.get("model_id")
-            or (model.name if model else field_str("controlvector.model_hint") or ""),
-            d_model=d_model,
-            site="hook_resid_post",
-            method=meta.get("method", "gguf"),
-            raw_norms=norms,
-            resid_norms=resid,
-            dataset_hash=meta.get("dataset_hash", ""),
-            settings={**meta.get("settings", {}), "imported_from": str(path)},
-        )
-        if model is not None:
-            vec.check_model(model)
-        return vec
+        return read_control_vector(path, model, model_id)

@@ -7,7 +7,7 @@ Entry points: ``load`` (a model with hf / lens / nn views), ``collect`` (activat
 
 from .collect import collect
 from .errors import EmptyInput, ModelNotAvailable, SiteError, SteerlensError, StoreMismatch
-from .inputs import Example, Positions
+from .inputs import Example, TokenSelection
 from .model import Model, ModelConfig, load
 from .registry import DEFAULT_MODEL, EMBEDDED
 from .sites import Site
@@ -24,11 +24,11 @@ __all__ = [
     "Model",
     "ModelConfig",
     "ModelNotAvailable",
-    "Positions",
     "Site",
     "SiteError",
     "SteerlensError",
     "StoreMismatch",
+    "TokenSelection",
     "collect",
     "load",
 ]

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .errors import EmptyInput, StoreMismatch
-from .inputs import Example, Positions, Tokenized, dataset_hash, tokenize_inputs
+from .inputs import Example, Tokenized, TokenSelection, dataset_hash, tokenize_inputs
 from .model import Model
-from .sites import Site, first_tensor
+from .sites import Site, block_path, decoder_body, first_tensor
 from .store import ActivationStore
 
 
@@ -31,7 +32,7 @@ def collect(
     model: Model,
     inputs: str | Example | Sequence[str] | Sequence[Example] | Sequence[Sequence[int]],
     sites: str | list[str],
-    positions: Positions | str | int | Sequence[Sequence[int]] = "all",
+    positions: TokenSelection | str | int | Sequence[Sequence[int]] = "all",
     *,
     path: str | Path | None = None,
     batch_size: int = 8,
@@ -40,34 +41,34 @@ def collect(
     progress: bool = True,
     overwrite: bool = False,
 ) -> ActivationStore:
-    """Collect activations of ``model`` on ``inputs`` at ``sites`` (TransformerLens names, ``blocks.*.X`` ok).
+    """Collect activations of ``model`` on ``inputs`` at ``sites`` into a resumable safetensors store.
 
-    ``positions``: "all", "last", an int index, "span:NAME" (spans of ``Example`` inputs) or explicit
-    per-example index lists. Rows go to ``path`` (default: a cache dir keyed by model, data and sites); an
-    interrupted run resumes where it stopped, and a complete store is returned without recomputation.
+    Why: activations are the raw material of probes, vectors and SAEs; on disk they are reusable, bounded in
+    RAM and survive a killed run.
+
+    Args:
+        model: the model (its active ``steer()`` contexts are part of the store's key).
+        inputs: texts, ``Example`` objects (with named spans) or token-id lists.
+        sites: TransformerLens names, ``blocks.*.X`` for every layer.
+        positions: "all", "last", an int index, "span:NAME" (spans of ``Example`` inputs) or explicit
+            per-example index lists.
+        path: where the store lives (default: a cache dir keyed by model, data, sites, positions, dtype and
+            active steering); an interrupted run resumes, a complete store is returned without recomputation.
+        batch_size, dtype, shard_mb: batching, stored dtype and shard size.
+        progress: a progress bar; overwrite: recompute even if a complete store exists.
+
+    Example:
+        >>> store = steerlens.collect(model, texts, "blocks.*.hook_resid_post", positions="last")
+        >>> store["blocks.6.hook_resid_post"].shape        # [rows, d_model], memory-mapped
     """
     site_objs = model.sites(sites)
     _check_folded_sites(model, site_objs)
-    pos = Positions.parse(positions)
+    pos = TokenSelection.parse(positions)
     tokens = tokenize_inputs(model.tokenizer, inputs)
     keep = [pos.select(i, t) for i, t in enumerate(tokens)]
     if not any(keep):
         raise EmptyInput(f"positions {pos.spec!r} select no tokens in any of the {len(tokens)} inputs")
-    d_hash = dataset_hash(model.name, tokens, keep)
-    dtype_name = str(dtype).removeprefix("torch.")
-    manifest = {
-        "model": model.name,
-        "d_model": model.cfg.d_model,
-        "sites": [s.name for s in site_objs],
-        "site_shapes": {s.name: list(s.shape) for s in site_objs},
-        "positions": pos.spec,
-        "dtype": dtype_name,
-        "model_dtype": str(model.dtype).removeprefix("torch."),
-        "steering": model.steering_key(),  # activations under steer() are not the unsteered ones
-        "dataset_hash": d_hash,
-        "n_examples": len(tokens),
-        "n_rows": sum(map(len, keep)),
-    }
+    manifest = _manifest(model, site_objs, pos, tokens, keep, dtype)
     if path is None:
         from .weights import cache_root
 
@@ -80,6 +81,30 @@ def collect(
     _run(model, store, site_objs, tokens, keep, batch_size, dtype, int(shard_mb * 2**20), progress)
     store.mark_complete()
     return store
+
+
+def _manifest(
+    model: Model,
+    sites: list[Site],
+    pos: TokenSelection,
+    tokens: list[Tokenized],
+    keep: list[list[int]],
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """Everything that decides a store's rows: the cache key and the check made before reusing a store."""
+    return {
+        "model": model.name,
+        "d_model": model.cfg.d_model,
+        "sites": [s.name for s in sites],
+        "site_shapes": {s.name: list(s.shape) for s in sites},
+        "positions": pos.spec,
+        "dtype": str(dtype).removeprefix("torch."),
+        "model_dtype": str(model.dtype).removeprefix("torch."),
+        "steering": model.steering_key(),  # activations under steer() are not the unsteered ones
+        "dataset_hash": dataset_hash(model.name, tokens, keep),
+        "n_examples": len(tokens),
+        "n_rows": sum(map(len, keep)),
+    }
 
 
 def _check_folded_sites(model: Model, sites: list[Site]) -> None:
@@ -133,30 +158,8 @@ def _run(
     device = model.device
     captured: dict[str, Tensor] = {}
     gather: dict[str, Tensor] = {}  # "b" / "p": row-wise batch and position indices for the current batch
-
-    def grab(site: Site, x: Tensor) -> None:
-        captured[site.name] = site.reshape(x[gather["b"], gather["p"]]).to(dtype).cpu()
-
-    handles = []
-    for s in sites:
-        mod = s.hf_module(hf)
-        if s.io == "output":
-            handles.append(mod.register_forward_hook(lambda m, a, o, s=s: grab(s, first_tensor(o))))
-        else:
-            handles.append(
-                mod.register_forward_pre_hook(
-                    lambda m, a, kw, s=s: grab(s, a[0] if a else kw["hidden_states"]), with_kwargs=True
-                )
-            )
-    layers = [s.layer for s in sites]
-    if all(l is not None for l in layers):  # stop once the deepest requested layer has finished
-        last = hf.get_submodule(f"model.layers.{max(layers)}")  # type: ignore[type-var]
-
-        def stop(m: Any, a: Any, o: Any) -> None:
-            raise _StopForward
-
-        handles.append(last.register_forward_hook(stop))
-    body = hf.get_submodule(str(hf.base_model_prefix))  # the decoder stack without the unembedding
+    handles: list[RemovableHandle] = []
+    body = decoder_body(hf)
     pad = model.tokenizer.pad_token_id or 0
 
     buffer: list[dict[str, Tensor]] = []
@@ -164,18 +167,14 @@ def _run(
     shard_start = store.next_example
     bar = tqdm(total=len(tokens), initial=shard_start, desc="collect", unit="ex", disable=not progress)
     try:
+        _capture_hooks(hf, sites, captured, gather, dtype, handles)
         with torch.no_grad():
             for start in range(shard_start, len(tokens), batch_size):
                 idx = list(range(start, min(start + batch_size, len(tokens))))
                 rows_b = [b for b, i in enumerate(idx) for _ in keep[i]]
                 rows_p = [p for i in idx for p in keep[i]]
                 if rows_b:
-                    width = max(len(tokens[i].ids) for i in idx)
-                    ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                    mask = torch.zeros((len(idx), width), dtype=torch.long)
-                    for b, i in enumerate(idx):  # right padding: real tokens keep positions 0..n-1
-                        ids[b, : len(tokens[i].ids)] = torch.tensor(tokens[i].ids)
-                        mask[b, : len(tokens[i].ids)] = 1
+                    ids, mask = _right_padded([tokens[i].ids for i in idx], pad)
                     gather["b"], gather["p"] = (
                         torch.tensor(rows_b, device=device),
                         torch.tensor(rows_p, device=device),
@@ -198,6 +197,50 @@ def _run(
         bar.close()
         for h in handles:
             h.remove()
+
+
+def _capture_hooks(
+    hf: nn.Module,
+    sites: list[Site],
+    captured: dict[str, Tensor],
+    gather: dict[str, Tensor],
+    dtype: torch.dtype,
+    handles: list[RemovableHandle],
+) -> None:
+    """Hooks that copy each site's kept rows into ``captured`` (recorded in ``handles`` as made), and one that
+    stops the forward once the deepest requested layer has finished."""
+
+    def grab(site: Site, x: Tensor) -> None:
+        captured[site.name] = site.reshape(x[gather["b"], gather["p"]]).to(dtype).cpu()
+
+    for s in sites:
+        mod = s.hf_module(hf)
+        if s.io == "output":
+            handles.append(mod.register_forward_hook(lambda m, a, o, s=s: grab(s, first_tensor(o))))
+        else:
+            handles.append(
+                mod.register_forward_pre_hook(
+                    lambda m, a, kw, s=s: grab(s, a[0] if a else kw["hidden_states"]), with_kwargs=True
+                )
+            )
+    layers = [s.layer for s in sites if s.layer is not None]
+    if len(layers) == len(sites):
+
+        def stop(m: Any, a: Any, o: Any) -> None:
+            raise _StopForward
+
+        handles.append(hf.get_submodule(block_path(max(layers))).register_forward_hook(stop))
+
+
+def _right_padded(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Right padding: real tokens keep positions 0..n-1, so no position ids are needed."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r)] = 1
+    return ids, mask
 
 
 def _flush(

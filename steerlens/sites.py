@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -19,6 +19,25 @@ if TYPE_CHECKING:
     from .model import ModelConfig
 
 IO = Literal["input", "output"]
+SiteKind = Literal[
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "attn.hook_z",
+    "mlp.hook_post",
+    "ln_final.hook_normalized",
+]
+SITE_KINDS: tuple[SiteKind, ...] = get_args(SiteKind)
+
+
+def as_site_kind(kind: str) -> SiteKind:
+    """``kind`` checked against the site kinds steerlens knows."""
+    if kind not in SITE_KINDS:
+        raise SiteError(f"unknown site kind {kind!r}; expected one of {list(SITE_KINDS)}")
+    return cast(SiteKind, kind)
+
 
 # Residual-stream layout of the two families we support natively. "sandwich" models (Gemma 2/3) normalise
 # each sublayer's output before adding it to the residual, so attn_out / mlp_out are those norms' outputs.
@@ -48,6 +67,9 @@ _FAMILIES = {
     "gemma3": _SANDWICH,
 }
 GLOBAL_SITES = {"ln_final.hook_normalized": ("model.norm", "output")}
+# Every supported family nests its decoder layers the same way in the HF CausalLM tree.
+_BLOCKS = "model.layers"
+_MLP_OUT_PROJ = "mlp.down_proj"
 _BLOCK_RE = re.compile(r"^blocks\.(\d+|\*)\.(.+)$")
 
 
@@ -56,7 +78,7 @@ class Site:
     """One hook site: its TransformerLens name and where it lives in the HF module tree."""
 
     name: str
-    kind: str  # e.g. "hook_resid_post"
+    kind: SiteKind
     layer: int | None
     module_path: str  # dotted path from the HF CausalLM root
     io: IO
@@ -85,6 +107,27 @@ def family_table(model_type: str) -> dict[str, tuple[str, str]]:
             f"architecture {model_type!r} has no hook-site table yet (supported: {sorted(_FAMILIES)}); "
             "use model.lens (TransformerLens) for its hooks, or add a table in steerlens/sites.py"
         ) from None
+
+
+def block_path(layer: int) -> str:
+    """Dotted path of decoder layer ``layer`` from the HF CausalLM root."""
+    return f"{_BLOCKS}.{layer}"
+
+
+def mlp_out_proj_path(layer: int) -> str:
+    """Dotted path of layer ``layer``'s MLP output projection (where a static add can become a bias)."""
+    return f"{block_path(layer)}.{_MLP_OUT_PROJ}"
+
+
+def mlp_out_is_residual_add(model_type: str) -> bool:
+    """True where the MLP output projection's result is added to the residual as is (no post-MLP norm), so a
+    bias on it is exactly an add to ``resid_post`` (Llama, Qwen2, Mistral; not Gemma 2/3's sandwich norms)."""
+    return family_table(model_type)["hook_mlp_out"][0] == "mlp"
+
+
+def decoder_body(hf: nn.Module) -> nn.Module:
+    """The decoder stack without the unembedding (``hf.model`` for every supported family)."""
+    return hf.get_submodule(str(getattr(hf, "base_model_prefix", "model")))
 
 
 def parse_sites(names: str | list[str] | tuple[str, ...], cfg: ModelConfig) -> list[Site]:
@@ -125,7 +168,7 @@ def parse_site(name: str, cfg: ModelConfig) -> Site:
     if kind not in table:
         raise SiteError(f"unknown site kind {kind!r} in {name!r}; supported kinds: {sorted(table)}")
     sub, io = table[kind]
-    path = f"model.layers.{layer}" + (f".{sub}" if sub else "")
+    path = block_path(layer) + (f".{sub}" if sub else "")
     shape = {"attn.hook_z": (cfg.n_heads, cfg.d_head), "mlp.hook_post": (cfg.d_mlp,)}.get(
         kind, (cfg.d_model,)
     )

@@ -9,6 +9,8 @@ import numpy as np
 
 from .errors import EmptyInput, SteerlensError
 
+N_BOOT = 1000  # bootstrap resamples for every interval steerlens reports (studies pass cfg.n_boot)
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -81,7 +83,7 @@ def bootstrap(
     stat: Callable[[np.ndarray], float],
     n_items: int,
     *,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = 0.95,
     groups: Sequence[object] | None = None,
@@ -117,7 +119,7 @@ def bootstrap(
     return Estimate(point, float(np.quantile(reps, a)), float(np.quantile(reps, 1 - a)), n_items)
 
 
-def mean_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> Estimate:
+def mean_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
     """Mean with a bootstrap interval."""
     v = np.asarray(values, dtype=np.float64)
     return bootstrap(lambda i: float(v[i].mean()), len(v), n_boot=n_boot, seed=seed)

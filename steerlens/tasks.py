@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import EmptyInput, SteerlensError
+from .model import Model
 
 OPS = ("+", "-", "*")
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -131,6 +134,48 @@ _ANSWER_PATTERNS = [
     re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}"),
     re.compile(rf"answer is\s*\$?({_NUM})", re.IGNORECASE),
 ]
+
+
+SHOT_SEED = 10_007  # few-shot examples come from their own seed, never from the evaluated problems
+
+
+def shot_problems(shots: int) -> list[Problem]:
+    """The few-shot examples every reasoning prompt uses: their own seed, never the evaluated problems."""
+    return arithmetic_problems(shots, seed=SHOT_SEED, steps=3, ops="+", max_operand=10) if shots else []
+
+
+def few_shot(problems: Sequence[Problem]) -> list[tuple[str, str]]:
+    """(question, reference solution) pairs for the prompt."""
+    return [(p.question, p.solution()) for p in problems]
+
+
+def reasoning_prompt(
+    model: Model, question: str, shots: Sequence[tuple[str, str]], chat: bool | str = "auto"
+) -> str:
+    """The prompt that makes the model write "Step i: a op b = c" lines and "Answer: N".
+
+    Base models get plain few-shot text; with ``chat`` (default: when the tokenizer has a chat template) the
+    shots become earlier user/assistant turns.
+    """
+    use_chat = bool(getattr(model.tokenizer, "chat_template", None)) if chat == "auto" else bool(chat)
+    if not use_chat:
+        return "".join(f"Question: {q}\n{s}\n\n" for q, s in shots) + f"Question: {question}\n"
+    messages = []
+    for q, s in shots:
+        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": s}]
+    messages.append({"role": "user", "content": f"Question: {question}"})
+    return model.chat_prompt(messages)
+
+
+def one_step_items(n: int = 48, seed: int = 0) -> tuple[list[str], list[str]]:
+    """One-step problems ``"Q: 23 + 45 =" -> " 68"`` for a cheap, teacher-forced capability probe."""
+    rng = np.random.default_rng(seed)
+    prompts, answers = [], []
+    for _ in range(n):
+        a, b = (int(x) for x in rng.integers(2, 60, size=2))
+        prompts.append(f"Q: {a} + {b} =")
+        answers.append(f" {a + b}")
+    return prompts, answers
 
 
 def extract_answer(text: str) -> str | None:

@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 import steerlens.analysis
 import steerlens.probes
 import steerlens.steering
@@ -38,7 +39,7 @@ def test_built_wheel_imports_subpackages(tmp_path):
     )
     (wheel,) = (tmp_path / "dist").glob("steerlens-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for sub in ("probes", "steering", "analysis"):
+    for sub in ("probes", "steering", "analysis", "analysis/critique"):
         assert f"steerlens/{sub}/__init__.py" in names
     target = tmp_path / "site"
     subprocess.run(

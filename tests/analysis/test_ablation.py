@@ -6,9 +6,9 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from steerlens.analysis import LinearisationError, corpus_windows, cspa, direct_effects, run_decomposed
 from steerlens.analysis.decompose import attn_bias, check_additivity, head_results
-
 from steerlens.errors import SteerlensError
 
 

@@ -3,6 +3,7 @@ computation, are chunk- and scale-invariant, and the real model has strongly sup
 
 import pytest
 import torch
+
 from steerlens.analysis import (
     effective_embedding,
     ov_ranks,
@@ -12,7 +13,6 @@ from steerlens.analysis import (
     token_set,
 )
 from steerlens.analysis.circuits import EffectiveEmbedding
-
 from steerlens.errors import SteerlensError
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from steerlens.analysis.demo import run_demo
 
 SECTIONS = ["injection", "probes", "detection", "tts", "personality", "copy_suppression"]
@@ -28,3 +29,18 @@ def test_quick_demo_writes_the_full_report(tmp_path):
     run = tmp_path / "demo"
     stray = [p.relative_to(run) for p in run.rglob("*") if p.suffix in (".html", ".js")]
     assert all(p.parts[0] == "figures" or p.name == "report.html" for p in stray), stray  # figures once
+
+
+def test_a_failing_study_is_reported_and_the_others_keep_their_sections(tmp_path):
+    from steerlens.analysis.demo import _run_step
+    from steerlens.analysis.report import Section
+
+    def boom():
+        raise ValueError("no such layer")
+
+    (failed,) = _run_step("tts", "Test-time scaling", boom, tmp_path, ())
+    assert failed.error == "ValueError: no such layer" and failed.title == "Test-time scaling"
+    assert "no such layer" in (tmp_path / "tts.error.txt").read_text()
+    fine = _run_step("x", "X", lambda: [Section("a", "A"), Section("b", "B")], tmp_path, ())
+    assert [s.id for s in fine] == ["a", "b"] and not any(s.error for s in fine)
+    assert fine[1].numbers["seconds"] == 0.0  # a study's time is counted once, on its first section

@@ -1,7 +1,6 @@
 """The HTML report escapes every string, embeds plotly.js once, and renders each section's parts."""
 
 from steerlens.analysis.report import Section, render, write_report
-
 from steerlens.figures import new_figure
 
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 import torch
+
+from steerlens.generation import next_token_logprobs
 from steerlens.probes.detection import (
     earliest_error,
     p_true,
@@ -10,8 +12,6 @@ from steerlens.probes.detection import (
     true_false_ids,
     verdict_text,
 )
-
-from steerlens.generation import next_token_logprobs
 
 
 def test_synthetic_detection_labels_mark_the_first_wrong_step():

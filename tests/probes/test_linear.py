@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from steerlens.probes.linear import fit_logistic, group_split, probe_layers
 
 import steerlens
+from steerlens.probes.linear import fit_logistic, group_split, probe_layers
 
 
 def test_group_split_keeps_groups_whole():

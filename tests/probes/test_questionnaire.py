@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+
+from steerlens.errors import SteerlensError
 from steerlens.probes.personality_data import (
     ITEMS,
     SITUATIONS,
@@ -14,8 +16,6 @@ from steerlens.probes.personality_data import (
     split_pairs,
 )
 from steerlens.probes.questionnaire import answer_distribution, items, keyed_scores, option_ids
-
-from steerlens.errors import SteerlensError
 
 
 def test_keyed_scores_reverse_items():

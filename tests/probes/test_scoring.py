@@ -3,6 +3,8 @@
 import json
 
 import pytest
+
+from steerlens.errors import SteerlensError
 from steerlens.probes.scoring import (
     StepItem,
     bigbench_mistake_score,
@@ -10,8 +12,6 @@ from steerlens.probes.scoring import (
     load_processbench,
     processbench_score,
 )
-
-from steerlens.errors import SteerlensError
 
 
 def test_processbench_score_by_hand():

@@ -3,6 +3,7 @@
 import random
 
 import pytest
+
 from steerlens.probes.traces import (
     EQUATION,
     InjectionRun,
@@ -12,7 +13,6 @@ from steerlens.probes.traces import (
     inject_error,
     trace_examples,
 )
-
 from steerlens.tasks import arithmetic_problems
 
 TRACE = "Step 1: 3 + 4 = 7\nStep 2: 7 + 5 = 12\nStep 3: 12 + 2 = 14\nAnswer: 14"

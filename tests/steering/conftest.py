@@ -1,4 +1,5 @@
 import pytest
+
 from steerlens.steering import vector_from_prompts
 
 POS = [

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from steerlens.steering import Intervention, Trigger, Window
 from torch import Tensor
+
+from steerlens.steering import Intervention, Trigger, Window
 
 
 def position_mask(iv: Intervention, ids: Tensor, mask: Tensor, prompt_lens: list[int]) -> Tensor:

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 import torch
-from steerlens.steering import Intervention, Trigger, Window, steer
 
 from steerlens.errors import SteerlensError
+from steerlens.steering import Intervention, Trigger, Window, steer
 
 PROMPT = "The movie was"
 

@@ -3,6 +3,7 @@ same prompts and layers, and steering with either gives the same logits (an impl
 
 import pytest
 import torch
+
 from steerlens.steering import steer, vector_from_prompts
 
 from .conftest import NEG, POS

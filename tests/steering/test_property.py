@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+
 from steerlens.steering import Intervention, Trigger, Window, steer
 
 from .reference import hf_reference, lens_reference
@@ -29,7 +30,7 @@ TALLY: dict[str, list[float]] = {"diff": [], "effect": []}
 
 @st.composite
 def cases(draw, model, vectors):
-    hooked = not hasattr(model.lens, "original_model")
+    hooked = model.lens_kind == "hooked"
     view = draw(st.sampled_from(["hf", "nn", "lens"]))
     modes = {"hf": ["single", "cache", "rerun"], "nn": ["single", "rerun"], "lens": ["single", "rerun"]}[view]
     mode = draw(st.sampled_from(modes + (["cache"] if view == "lens" and hooked else [])))

@@ -1,10 +1,10 @@
 """Shared-prefill sampling: each sample equals an independent call with its seed, steered or not."""
 
 import pytest
-from steerlens.steering import Intervention
-from steerlens.steering.sampling import sample
 
 from steerlens.errors import SteerlensError
+from steerlens.steering import Intervention
+from steerlens.steering.sampling import sample
 
 PROMPT = "Question: Ana has 3 apples and buys 4 more. How many apples does Ana have now?\nStep 1:"
 
@@ -32,7 +32,7 @@ def test_per_row_alphas_on_generated_tokens_share_the_prefill(smol, smol_vec):
         seeds,
         max_new_tokens=16,
         temperature=0.7,
-        interventions=[Intervention(vec, alpha=alphas, positions="generated")],
+        steering=[Intervention(vec, alpha=alphas, positions="generated")],
     )
     assert got.settings["shared_prefill"]
     for a, s in zip(alphas, got.samples, strict=True):
@@ -42,7 +42,7 @@ def test_per_row_alphas_on_generated_tokens_share_the_prefill(smol, smol_vec):
             [3],
             max_new_tokens=16,
             temperature=0.7,
-            interventions=[Intervention(vec, alpha=a, positions="generated")],
+            steering=[Intervention(vec, alpha=a, positions="generated")],
         ).samples[0]
         assert alone.tokens == s.tokens
     assert got.samples[0].tokens != got.samples[3].tokens
@@ -50,11 +50,11 @@ def test_per_row_alphas_on_generated_tokens_share_the_prefill(smol, smol_vec):
 
 def test_per_row_alphas_on_prompt_tokens_prefill_per_row(smol, smol_vec):
     vec = smol_vec.select([5])
-    got = sample(smol, PROMPT, [1, 1], max_new_tokens=6, interventions=[Intervention(vec, alpha=[0.0, 3.0])])
+    got = sample(smol, PROMPT, [1, 1], max_new_tokens=6, steering=[Intervention(vec, alpha=[0.0, 3.0])])
     assert not got.settings["shared_prefill"]
-    alone = sample(smol, PROMPT, [1], max_new_tokens=6, interventions=[Intervention(vec, alpha=3.0)])
+    alone = sample(smol, PROMPT, [1], max_new_tokens=6, steering=[Intervention(vec, alpha=3.0)])
     assert alone.samples[0].tokens == got.samples[1].tokens
-    with pytest.raises(SteerlensError, match="per-row alphas"):
-        sample(smol, PROMPT, [1, 2, 3], interventions=[Intervention(vec, alpha=[0.0, 1.0])])
+    with pytest.raises(SteerlensError, match="per-row values for 2 rows but there are 3 seeds"):
+        sample(smol, PROMPT, [1, 2, 3], steering=[Intervention(vec, alpha=[0.0, 1.0])])
     with pytest.raises(SteerlensError, match="temperature"):
         sample(smol, PROMPT, [1], temperature=0)

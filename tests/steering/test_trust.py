@@ -4,11 +4,11 @@ import threading
 
 import pytest
 import torch
-from steerlens.steering import Intervention, Trigger, Window, steer
-from steerlens.steering.sampling import sample
 
 from steerlens import collect
 from steerlens.errors import SteerlensError, StoreMismatch
+from steerlens.steering import Intervention, Trigger, Window, steer
+from steerlens.steering.sampling import sample
 
 from .reference import hf_reference
 
@@ -132,7 +132,7 @@ def test_sample_rows_finishing_on_their_first_token(smol, smol_vec):
     seeds = list(range(12))
     alphas = [0.1 * (i % 4) for i in seeds]
     iv = Intervention(smol_vec.select([5]), alpha=alphas, positions="generated")
-    got = sample(smol, PROMPT, seeds, max_new_tokens=4, temperature=3.0, stop=["e"], interventions=[iv])
+    got = sample(smol, PROMPT, seeds, max_new_tokens=4, temperature=3.0, stop=["e"], steering=[iv])
     firsts = [len(s.tokens) == 1 for s in got.samples]
     assert any(firsts) and not all(firsts)  # the case that crashed
     for s, a in zip(got.samples, alphas, strict=True):
@@ -143,7 +143,7 @@ def test_sample_rows_finishing_on_their_first_token(smol, smol_vec):
             max_new_tokens=4,
             temperature=3.0,
             stop=["e"],
-            interventions=[Intervention(smol_vec.select([5]), alpha=a, positions="generated")],
+            steering=[Intervention(smol_vec.select([5]), alpha=a, positions="generated")],
         )
         assert alone.samples[0].tokens == s.tokens
 
@@ -160,14 +160,14 @@ def test_sample_sees_a_trigger_in_the_prompt(smol, smol_vec):
         prompt,
         [5],
         max_new_tokens=8,
-        interventions=[Intervention(vec, alpha=3.0, positions=Trigger((colon,)))],
+        steering=[Intervention(vec, alpha=3.0, positions=Trigger((colon,)))],
     )
     win = sample(
         smol,
         prompt,
         [5],
         max_new_tokens=8,
-        interventions=[Intervention(vec, alpha=3.0, positions=Window(where))],
+        steering=[Intervention(vec, alpha=3.0, positions=Window(where))],
     )
     plain = sample(smol, prompt, [5], max_new_tokens=8)
     assert trig.samples[0].tokens == win.samples[0].tokens != plain.samples[0].tokens

@@ -2,20 +2,19 @@
 
 import numpy as np
 import pytest
+
+from steerlens.errors import SteerlensError
 from steerlens.steering import Intervention
 from steerlens.steering.tts import (
     WAIT,
     ParallelResult,
     Round,
-    ScalingComparison,
     SequentialResult,
     aggregate,
     iterative_deepening,
     parallel,
     wait_stacking,
 )
-
-from steerlens.errors import SteerlensError
 from steerlens.tasks import arithmetic_problems
 
 
@@ -46,18 +45,6 @@ def test_parallel_result_accuracy_vs_n():
     assert [n for n, _, _ in res.curve()] == [1, 2, 4]
     assert res.curve()[-1][1] == 30.0  # mean tokens per problem at N = 4
     assert res.aggregations() == ["majority", "best", "weighted"]
-
-    seq = SequentialResult(("a", "b"), tuple((Round("", "7", True, 3, False),) * 2 for _ in "ab"))
-    comp = ScalingComparison({"unsteered": res}, {"unsteered": seq}, {"model": "m"})
-    d = comp.to_dict(n_boot=50)
-    assert [p["samples"] for p in d["parallel"]["unsteered"]["best"]] == [1, 2, 4]
-    assert d["sequential"]["unsteered"]["tokens"] == [3.0, 6.0]  # cumulative per round
-    fig = comp.figure()
-    named = [t.name for t in fig.data if t.showlegend]
-    assert named == ["unsteered", "unsteered, best", "unsteered, weighted"]  # one legend entry per curve
-    assert {t.xaxis for t in fig.data} == {"x", "x2", "x3"}  # vs N, vs rounds, vs tokens
-    bands = [t.xaxis for t in fig.data if t.fill]
-    assert sorted(bands) == ["x", "x2", "x3", "x3"]  # one band per condition and panel (majority/greedy)
 
 
 def test_transition_metrics_by_hand():
@@ -147,7 +134,7 @@ def test_parallel_steered_runs(smol, smol_vec, problems):
 
     def run(alpha):
         ivs = [Intervention(vec, alpha=alpha, units="resid", positions="generated")] if alpha else []
-        return parallel(smol, problems[:2], n=4, max_new_tokens=20, interventions=ivs)
+        return parallel(smol, problems[:2], n=4, max_new_tokens=20, steering=ivs)
 
     res = run(0.1)
     assert len(res.answers) == 2 and all(len(a) == 4 for a in res.answers)
@@ -158,7 +145,7 @@ def test_parallel_steered_runs(smol, smol_vec, problems):
 
 
 def _thinking(smol, problems):
-    from steerlens.steering.tts import _prompts
+    from steerlens.steering.tts.sequential import _prompts
 
     prompt = _prompts(smol, problems[:1], 3)[0]
     return prompt, "Step 1: 3 + 4 = 7\nStep 2: 7 + 2 = 9"
@@ -169,8 +156,9 @@ def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems)
     unsteered. Every token after the original prompt (thinking, cue, "Answer:") must be steered, as the
     reference (positions from the explicit prompt length) steers them."""
     import torch
+
     from steerlens.steering import steer
-    from steerlens.steering.tts import MARKER, _Replay
+    from steerlens.steering.tts.sequential import MARKER, _Replay
 
     from .reference import hf_reference
 
@@ -179,7 +167,7 @@ def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems)
     replay = _Replay(smol, [prompt])
     replay.start_round([iv], None)
     ids = torch.tensor(smol.tokenize(prompt + thinking + WAIT + "Step 1" + MARKER))
-    with replay.context([0]):
+    with replay.steering().batch(smol, [0]):
         got = smol.hf(ids).logits
     ref = hf_reference(smol, [iv], ids, torch.ones_like(ids), [replay.prompt_lens[0]])
     assert (got - ref).abs().max() <= 1e-4
@@ -190,8 +178,9 @@ def test_replayed_rounds_are_steered_as_when_generated(smol, smol_vec, problems)
 
 def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, problems):
     import torch
+
     from steerlens.steering import Window
-    from steerlens.steering.tts import _Replay
+    from steerlens.steering.tts.sequential import _Replay
 
     from .reference import hf_reference
 
@@ -204,7 +193,7 @@ def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, probl
     replay.start_round([second], [prompt + thinking])
     ids = torch.tensor(smol.tokenize(prompt + thinking + WAIT + "Step"))
     cut = len(smol.tokenize(prompt + thinking)[0])
-    with replay.context([0]):
+    with replay.steering().batch(smol, [0]):
         got = smol.hf(ids).logits
     ref_ivs = [
         Intervention(vec, alpha=0.4, units="resid", positions=Window(replay.prompt_lens[0], cut)),
@@ -214,34 +203,12 @@ def test_per_round_steering_keeps_each_round_on_its_tokens(smol, smol_vec, probl
     assert (got - ref).abs().max() <= 1e-4
 
 
-def test_scaling_study_reads_the_probe_at_its_own_layer(smol, smol_vec, problems, monkeypatch):
-    """Item 7: `steerlens tts --layer X` used to score best-of-N with the critique probe read at X."""
-    import torch
-    from steerlens.probes.linear import fit_logistic
-    from steerlens.steering import tts
-
-    probe = fit_logistic(
-        torch.randn(20, smol.cfg.d_model, generator=torch.Generator().manual_seed(0)), [0, 1] * 10
-    )
-    seen = []
-    real = tts.probe_verifier
-    monkeypatch.setattr(tts, "probe_verifier", lambda m, p, layer: seen.append(layer) or real(m, p, layer))
-    with pytest.raises(SteerlensError, match="probe_layer"):
-        tts.scaling_study(
-            smol, smol_vec, 10, n_problems=1, n=1, rounds=0, budget=4, probe=probe, progress=False
-        )
-    comp = tts.scaling_study(
-        smol, smol_vec, 10, n_problems=1, n=1, rounds=0, budget=4, probe=probe, probe_layer=20, progress=False
-    )
-    assert seen == [20, 20, 20] and comp.settings["probe_layer"] == 20
-
-
 def test_probe_verifier_matches_the_probe_on_collected_activations(smol, tmp_path):
     import torch
-    from steerlens.probes.linear import Logistic, fit_logistic
-    from steerlens.steering.tts import probe_verifier
 
     import steerlens
+    from steerlens.probes.linear import Logistic, fit_logistic
+    from steerlens.steering.tts import probe_verifier
 
     g = torch.Generator().manual_seed(0)
     probe = fit_logistic(torch.randn(40, smol.cfg.d_model, generator=g), [0, 1] * 20)
@@ -250,7 +217,9 @@ def test_probe_verifier_matches_the_probe_on_collected_activations(smol, tmp_pat
     assert meta == {"layer": 29} and torch.equal(loaded.w, probe.w)
     p = arithmetic_problems(1, seed=3)[0]
     sols = ["Step 1: 2 + 3 = 5\nAnswer: 5", "no answer here"]
-    got = probe_verifier(smol, loaded, 29)(p, sols)
+    verify = probe_verifier(smol, loaded, 29, name="error_probe")
+    assert verify.__name__ == "error_probe"  # the label results' settings carry
+    got = verify(p, sols)
     # reference: resid_post of the last layer (before the final norm) through steerlens.collect
     head = f"Question: {p.question}\n"
     ex = steerlens.Example.from_segments([(None, head + "Step 1: 2 + 3 = 5\nAnswer:"), ("answer", " 5")])

@@ -4,10 +4,11 @@ import dataclasses
 
 import pytest
 import torch
-from steerlens.steering import SteeringVector, build_vector, steer
 
 import steerlens
 from steerlens.errors import SteerlensError, StoreMismatch
+from steerlens.steering import SteeringVector, build_vector, steer
+from steerlens.steering.build import vector_from_activations
 
 from .conftest import NEG, POS
 
@@ -54,6 +55,66 @@ def test_algebra(smol_vec):
     assert (-smol_vec).cosine(smol_vec)[3] == pytest.approx(-1.0)
     assert (smol_vec + smol_vec).raw_norms[4] == pytest.approx(2 * smol_vec.raw_norms[4], rel=1e-5)
     assert smol_vec.select([2, 3]).layers == [2, 3]
+
+
+def _random_vector(seed: int, shift: torch.Tensor | None = None) -> SteeringVector:
+    g = torch.Generator().manual_seed(seed)
+    pos = {l: torch.randn(6, 16, generator=g) + (shift if shift is not None else 1.0) for l in (0, 1)}
+    neg = {l: torch.randn(6, 16, generator=g) for l in (0, 1)}
+    return vector_from_activations(pos, neg, model_id="m", d_model=16)
+
+
+def test_purify_sets_the_mutual_projection():
+    u = _random_vector(0)
+    v = _random_vector(1, shift=u.directions[0] * 3 + 0.2)  # shares a large component with u
+    assert abs(v.cosine(u)[0]) > 0.3
+    for target in (0.0, 0.15, -0.3):
+        p = v.purify(u, target=target)
+        assert all(abs(c - target) < 1e-6 for c in p.cosine(u).values())
+        assert p.raw_norms[0] == pytest.approx(v.raw_norms[0], rel=1e-6)  # the norm is kept
+    half = v.purify(u, method="mix", mix=0.5)
+    assert 0 < abs(half.cosine(u)[0]) < abs(v.cosine(u)[0])  # partial removal
+    assert abs(v.purify(u, method="mix", mix=1.0).cosine(u)[0]) < 1e-6
+    ortho = SteeringVector.orthogonalize({"a": u, "b": v, "c": _random_vector(2)}, ["a", "b", "c"])
+    for x, y in (("a", "b"), ("a", "c"), ("b", "c")):
+        assert all(abs(c) < 1e-6 for c in ortho[x].cosine(ortho[y]).values())
+    with pytest.raises(SteerlensError, match="between -1 and 1"):
+        v.purify(u, target=1.0)
+
+
+def test_remove_span_is_gram_schmidt_against_all_others():
+    u, w, x = _random_vector(0), _random_vector(2), _random_vector(3)
+    v = _random_vector(1, shift=u.directions[0] * 3 + w.directions[0])
+    pure = v.remove_span([u, w, x])
+    assert pure.layers == v.layers and pure.method == "mean|purified(all)"
+    for o in (u, w, x):
+        assert all(abs(c) < 1e-6 for c in pure.cosine(o).values())
+    assert pure.raw_norms[1] == pytest.approx(v.raw_norms[1], rel=1e-6)
+    last = SteeringVector.orthogonalize({"u": u, "w": w, "x": x, "v": v}, ["u", "w", "x", "v"])["v"]
+    assert all(c == pytest.approx(1.0, abs=1e-6) for c in pure.cosine(last).values())  # the same direction
+    with pytest.raises(SteerlensError, match="span of the other vectors"):
+        u.remove_span([u, w])
+    with pytest.raises(SteerlensError, match="at least one other"):
+        v.remove_span([])
+    with pytest.raises(SteerlensError, match="has no layer 0"):
+        v.remove_span([u.select([1])])
+
+
+def test_from_directions(smol, gemma, smol_vec):
+    raw = {l: smol_vec.directions[l] * smol_vec.raw_norms[l] for l in (4, 5)}
+    same = SteeringVector.from_directions(raw, like=smol_vec)
+    assert same.layers == [4, 5] and same.method == smol_vec.method
+    assert same.resid_norms == {l: smol_vec.resid_norms[l] for l in (4, 5)}
+    for l in (4, 5):
+        assert torch.allclose(same.directions[l], smol_vec.directions[l], atol=1e-6)
+        assert same.raw_norms[l] == pytest.approx(smol_vec.raw_norms[l], rel=1e-6)
+    bare = SteeringVector.from_directions({7: torch.ones(576) * 3}, model=smol, method="ones")
+    assert (bare.model_id, bare.d_model, bare.method, bare.resid_norms) == (smol.name, 576, "ones", {})
+    assert bare.raw_norms[7] == pytest.approx(3 * 576**0.5)
+    with pytest.raises(SteerlensError, match=r"like= .* or model="):
+        SteeringVector.from_directions(raw)
+    with pytest.raises(StoreMismatch, match="d_model 576 but gemma-3-270m"):
+        SteeringVector.from_directions(raw, like=smol_vec, model=gemma)
 
 
 def test_safetensors_round_trip_reproduces_steered_logits(smol, smol_vec, tmp_path):
@@ -118,10 +179,10 @@ def test_validation(smol, gemma, smol_vec):
 def test_truncated_or_foreign_files_raise_steerlens_errors(smol, smol_vec, tmp_path):
     """Item 10: every loader names the file and the fix instead of raising a library's raw error."""
     import numpy as np
-    from steerlens.probes.linear import Logistic, fit_logistic
-    from steerlens.probes.traces import InjectionRun
 
     import steerlens
+    from steerlens.probes.linear import Logistic, fit_logistic
+    from steerlens.probes.traces import InjectionRun
 
     def chop(path, keep=0.5):
         data = path.read_bytes()

@@ -3,17 +3,20 @@ residual at masked positions with per-row coefficients. Pure torch (CPU and CUDA
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-OPS = ("add", "add_norm", "ablate", "clamp")
+Op = Literal["add", "add_norm", "ablate", "clamp"]
+OPS: tuple[Op, ...] = get_args(Op)
 
 
 def apply_op(
     h: Float[Tensor, "batch pos d_model"],
     u: Float[Tensor, " d_model"],
-    op: str,
+    op: Op,
     coef: Float[Tensor, "batch pos"] | float,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Return the steered residual. ``coef`` already folds alpha, unit scale and the position mask (0 where a
