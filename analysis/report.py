@@ -40,7 +40,8 @@ th{background:#f4f4f4} pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;
 """
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A result value as report text: floats to 4 digits, estimates as ``value [lo, hi]``."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict) and {"value", "lo", "hi"} <= set(v):
@@ -56,7 +57,8 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+        for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from steerlens.config import StudyConfig, SubParsers
 from steerlens.model import Model
 
-from .report import Section
+from .report import Section, format_value
 
 C = TypeVar("C", bound=StudyConfig)
 
@@ -87,17 +87,10 @@ def add_study_command(
         print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
         for sec in study.sections():
             print(
-                f"  {sec.title}: " + "; ".join(f"{k} {_short(v)}" for k, v in list(sec.numbers.items())[:4])
+                f"  {sec.title}: "
+                + "; ".join(f"{k} {format_value(v)[:60]}" for k, v in list(sec.numbers.items())[:4])
             )
         return 0
 
     p.set_defaults(func=main)
     return p
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, dict) and {"value", "lo", "hi"} <= set(v):
-        return f"{v['value']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)[:60]
