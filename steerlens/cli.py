@@ -33,7 +33,7 @@ def _info(args: argparse.Namespace) -> int:
             state = f"installed ({m.distribution} {m.version()})"
         except ModelNotAvailable:
             state = f"not installed: {m.install}"
-        print(f"  {m.name:24s} {state}\n  {'':24s} {m.description}")
+        print(f"  {m.name:28s} {state}\n  {'':28s} {m.description}")
     return 0
 
 

@@ -129,13 +129,16 @@ class Model:
                 from transformer_lens import HookedTransformer
 
                 with _quiet():
-                    ht = HookedTransformer.from_pretrained_no_processing(
-                        str(self._tl_name),
-                        hf_model=self.hf,
-                        tokenizer=self.tokenizer,
-                        device=self.device,
-                        dtype=self.dtype,
-                    )
+                    if self._tl_name is not None and Path(self._tl_name).is_dir():
+                        ht = _hooked_from_dir(Path(self._tl_name), self.hf, self.tokenizer, self.dtype)
+                    else:
+                        ht = HookedTransformer.from_pretrained_no_processing(
+                            str(self._tl_name),
+                            hf_model=self.hf,
+                            tokenizer=self.tokenizer,
+                            device=self.device,
+                            dtype=self.dtype,
+                        )
                 ht.eval()
                 self.lens_shared_fraction = share_hooked_weights(ht, self.hf, self.cfg)
                 self._lens = ht
@@ -265,7 +268,10 @@ def _resolve(name_or_path: str) -> tuple[str | Path, str | None, LensKind]:
         from .weights import cached_model_dir
 
         entry = EMBEDDED[name_or_path]
-        return cached_model_dir(entry), entry.hf_id, entry.lens
+        path = cached_model_dir(entry)
+        # A fine-tune TransformerLens does not list (Qwen2.5-Coder) is read from its local config instead.
+        known = entry.lens == "bridge" or entry.hf_id in _tl_official_names()
+        return path, entry.hf_id if known else str(path), entry.lens
     if Path(name_or_path).expanduser().is_dir():
         return Path(name_or_path).expanduser(), None, "bridge"
     if "/" in name_or_path or name_or_path in _tl_official_names():
@@ -275,6 +281,26 @@ def _resolve(name_or_path: str) -> tuple[str | Path, str | None, LensKind]:
         "directory, and not a Hugging Face id like 'org/name'. Use one of the embedded names, or a path "
         "to a directory holding config.json and weights"
     )
+
+
+def _hooked_from_dir(path: Path, hf: nn.Module, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
+    """A HookedTransformer for a supported architecture under a name TransformerLens does not list: the
+    steps of ``HookedTransformer.from_pretrained_no_processing`` with the config read from ``path`` (its
+    name lookup refuses unlisted names, and its config lookup would go to the hub)."""
+    from transformer_lens import HookedTransformer, loading
+
+    cfg = loading.get_pretrained_model_config(str(path), dtype=dtype, device=hf.device)
+    state = loading.get_pretrained_state_dict(str(path), cfg, hf, dtype=dtype)
+    ht = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    ht.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return ht.to(hf.device)
 
 
 def twin_module(module: nn.Module) -> nn.Module:

