@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,7 +48,8 @@ SUMMARY, RESULTS, CONFIG = "tts.json", "tts_results.json", "config.json"
 class ScalingConfig(StudyConfig):
     """Settings of the test-time scaling study.
 
-    n_problems: held-out synthetic 3-step addition problems (seed + 5000)
+    n_problems: held-out synthetic addition problems (seed + 5000)
+    steps, max_operand: their difficulty (default: the critique run's, so the vector is used where it was built)
     samples: parallel samples per problem (accuracy at N = 1, 2, 4, ... up to this)
     rounds: "Wait" rounds after the first answer
     budget: generated tokens per round
@@ -62,6 +63,8 @@ class ScalingConfig(StudyConfig):
     QUICK: ClassVar[dict[str, Any]] = dict(n_problems=3, samples=2, rounds=1)
 
     n_problems: int = 24
+    steps: int | None = None
+    max_operand: int | None = None
     samples: int = 8
     rounds: int = 2
     budget: int = 64
@@ -192,7 +195,13 @@ def scaling_comparison(
             "(Logistic.load returns it in the metadata as 'layer')"
         )
     say = Stages("tts", 3, progress)
-    problems = arithmetic_problems(cfg.n_problems, seed=cfg.seed + 5_000, steps=3, ops="+", max_operand=10)
+    if cfg.steps is None or cfg.max_operand is None:
+        raise SteerlensError(
+            "ScalingConfig.steps and .max_operand must be set (run() takes them from the critique run)"
+        )
+    problems = arithmetic_problems(
+        cfg.n_problems, seed=cfg.seed + 5_000, steps=cfg.steps, ops="+", max_operand=cfg.max_operand
+    )
     at = vector.select([layer])
     conditions: dict[str, list[Intervention]] = {
         "unsteered": [],
@@ -218,6 +227,8 @@ def scaling_comparison(
     settings = dict(
         model=model.name,
         n_problems=cfg.n_problems,
+        steps=cfg.steps,
+        max_operand=cfg.max_operand,
         seed=cfg.seed,
         n=cfg.samples,
         rounds=cfg.rounds,
@@ -330,6 +341,12 @@ def run(
         >>> study = run(model, ScalingConfig.quick(), crit); study.save("runs/tts")
     """
     cv = critique.critique
+    made = critique.config
+    cfg = replace(
+        cfg,
+        steps=made.steps if cfg.steps is None else cfg.steps,
+        max_operand=made.max_operand if cfg.max_operand is None else cfg.max_operand,
+    )
     layer = cfg.layer if cfg.layer is not None else cv.layer
     comp = scaling_comparison(
         model, cfg, cv.vector, layer, probe=cv.probe, probe_layer=cv.layer, progress=progress

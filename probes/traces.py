@@ -23,6 +23,7 @@ from steerlens.files import atomic_write, reading
 from steerlens.generation import Generated, generate_detailed
 from steerlens.inputs import Example
 from steerlens.model import Model
+from steerlens.stats import N_BOOT, Estimate, mean_ci
 from steerlens.tasks import (
     Problem,
     arithmetic_problems,
@@ -176,6 +177,18 @@ class InjectionRun:
             "fractions": {c: (counts[c] / n if n else float("nan")) for c in CATEGORIES},
             "next_step_uses": dict(Counter(r.next_uses for r in recs)),
         }
+
+    def estimates(self, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Estimate]:
+        """Clean accuracy and each 2x2 cell as a fraction of the injected problems (and recovery among the
+        problems solved cleanly), with bootstrap CIs. One record is one problem, so resampling records
+        resamples problems, the right unit."""
+        inj, none = self.injected, Estimate(float("nan"), float("nan"), float("nan"), 0)
+        out = {"clean accuracy": mean_ci([r.clean_correct for r in self.records], n_boot=n_boot, seed=seed)}
+        for c in CATEGORIES:
+            out[c] = mean_ci([r.category == c for r in inj], n_boot=n_boot, seed=seed) if inj else none
+        solved = [r.final_correct for r in inj if r.clean_correct]
+        out["recovered | solved cleanly"] = mean_ci(solved, n_boot=n_boot, seed=seed) if solved else none
+        return out
 
     def summary(self) -> dict[str, Any]:
         n = len(self.records)

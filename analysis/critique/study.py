@@ -24,6 +24,7 @@ from steerlens.probes.traces import InjectionRun, error_injected_reasoning
 from steerlens.progress import Stages
 from steerlens.stats import N_BOOT
 from steerlens.steering.vector import SteeringVector, Units
+from steerlens.tasks import Problem, arithmetic_problems
 
 from ..report import Section
 from ..study import add_study_command
@@ -45,7 +46,8 @@ RECORDS, VECTOR, PROBE, METRICS, CONFIG = (
 class CritiqueConfig(StudyConfig):
     """Settings of the critique study.
 
-    n: synthetic 3-step addition problems for error injection
+    n: synthetic addition problems for error injection
+    steps, max_operand: their difficulty (additions per problem; start value and operands up to this)
     seed: problems, injections, splits and the random control (detection sets use seed + 1000 / + 2000)
     mode: 'generated' (the model's own chain of thought) or 'templated' (the reference solution, faster)
     shots: worked examples in the reasoning prompt
@@ -64,6 +66,8 @@ class CritiqueConfig(StudyConfig):
     QUICK: ClassVar[dict[str, Any]] = dict(n=24, n_detect=12, n_calibrate=8, alphas=(-0.2, 0.0, 0.2))
 
     n: int = 200
+    steps: int = 3
+    max_operand: int = 10
     seed: int = 0
     mode: Mode = "generated"
     shots: int = 3
@@ -126,14 +130,17 @@ class CritiqueStudy:
     def _injection_section(self, inj: dict[str, Any]) -> Section:
         sec = Section("injection", "Error-injected reasoning and the 2x2 table")
         sec.text = (
-            f"{inj['n_problems']} synthetic 3-step addition problems; the model's own chain of thought had one "
+            f"{inj['n_problems']} synthetic {self.config.steps}-step addition problems (operands up to "
+            f"{self.config.max_operand}); the model's own chain of thought had one "
             "intermediate result replaced by a wrong value, and generation continued from there. The 2x2 table "
             "crosses whether the rest of the reasoning was right with whether the final answer was."
         )
         sec.numbers.update(
             {
-                "clean accuracy (no injection)": inj["clean_accuracy"],
-                **{f"2x2: {k}": v for k, v in inj["table_all"]["fractions"].items()},
+                **{
+                    (k if k != "clean accuracy" else "clean accuracy (no injection)"): v.to_dict()
+                    for k, v in self.run.estimates(self.config.n_boot, self.config.seed).items()
+                },
             }
         )
         sec.figures["injection_table"] = self.run.figure()
@@ -282,20 +289,34 @@ def run(
     return CritiqueStudy(cfg, inj, cv, det)
 
 
+def problems(cfg: CritiqueConfig) -> list[Problem]:
+    """The study's synthetic problems: ``cfg.n`` additions of ``cfg.steps`` steps, operands up to
+    ``cfg.max_operand``, seeded."""
+    return arithmetic_problems(cfg.n, seed=cfg.seed, steps=cfg.steps, ops="+", max_operand=cfg.max_operand)
+
+
+def injection_key(model: Model, cfg: CritiqueConfig) -> dict[str, Any]:
+    """Everything that made a run's records (model, problems, decoding): checkpointed records are reused only
+    when they were made with all of it."""
+    made = arithmetic_problems(1, seed=cfg.seed, steps=cfg.steps, ops="+", max_operand=cfg.max_operand)[0]
+    return dict(
+        model=model.name,
+        seed=cfg.seed,
+        n_problems=cfg.n,
+        problem_settings=dict(made.meta),
+        mode=cfg.mode,
+        shots=cfg.shots,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+
+
 def _injection(
     model: Model, cfg: CritiqueConfig, records: Path | None, say: Stages, progress: bool
 ) -> tuple[InjectionRun, bool]:
     """Step 1: the checkpointed records when they were made with these settings, else a fresh run (saved
     to ``records``). Also says whether a checkpoint of another run was replaced."""
     inj = InjectionRun.load(records) if records is not None and records.exists() else None
-    wanted = dict(
-        model=model.name,
-        seed=cfg.seed,
-        n_problems=cfg.n,
-        mode=cfg.mode,
-        shots=cfg.shots,
-        max_new_tokens=cfg.max_new_tokens,
-    )
+    wanted = injection_key(model, cfg)
     fresh = inj is not None and not resumable(inj, wanted)
     if fresh:
         say.note(f"{records} holds another run's records ({wanted} asked): recomputing")
@@ -306,7 +327,7 @@ def _injection(
     say.stage(f"error-injected reasoning on {cfg.n} problems ({cfg.mode})")
     inj = error_injected_reasoning(
         model,
-        n=cfg.n,
+        problems(cfg),
         mode=cfg.mode,
         seed=cfg.seed,
         shots=cfg.shots,

@@ -176,7 +176,11 @@ def test_sections_are_the_demo_sections(run, cv, det):
         ("detection", "Error detection vs alpha, with controls"),
     ]
     inj, probes, detection = secs
-    assert inj.numbers["clean accuracy (no injection)"] == run.summary()["clean_accuracy"]
+    assert inj.numbers["clean accuracy (no injection)"]["value"] == run.summary()["clean_accuracy"]
+    cells = [inj.numbers[c] for c in ("recovered", "hidden_critique", "unfaithful_answer", "propagated")]
+    assert abs(sum(c["value"] for c in cells) - 1) < 1e-9 and all(
+        c["lo"] <= c["value"] <= c["hi"] for c in cells
+    )
     assert len(inj.examples) == min(3, len(run.injected)) and inj.figures["injection_table"].data
     assert probes.numbers["chosen layer"] == cv.layer and "shuffled-label control" in probes.text
     assert detection.text == det.verdict() == detection.numbers["verdict"]

@@ -127,7 +127,7 @@ def _tiny_critique(vec, layer: int, probe) -> CritiqueStudy:
     points = tuple(DetectionPoint(arm, 0.0, est, est, 0.5, 0.5, 0.5, 0.5) for arm in ("critique", "random"))
     cv = CritiqueVector(vec, layer, LayerSweep((score,), {}), "answer", probe)
     run = InjectionRun((), {"model": "smollm2-135m-instruct"})
-    return CritiqueStudy(CritiqueConfig(), run, cv, DetectionSweep(points, 0.5, {}))
+    return CritiqueStudy(CritiqueConfig(steps=2, max_operand=7), run, cv, DetectionSweep(points, 0.5, {}))
 
 
 def test_probe_is_read_at_its_own_layer_and_the_study_round_trips(smol, vec, probe, monkeypatch, tmp_path):
@@ -137,12 +137,17 @@ def test_probe_is_read_at_its_own_layer_and_the_study_round_trips(smol, vec, pro
     monkeypatch.setattr(
         scaling, "probe_verifier", lambda m, p, layer, name: seen.append(layer) or real(m, p, layer, name)
     )
-    cfg = ScalingConfig(n_problems=1, samples=1, rounds=0, budget=4, n_boot=50)
+    cfg = ScalingConfig(n_problems=1, steps=2, max_operand=7, samples=1, rounds=0, budget=4, n_boot=50)
     with pytest.raises(SteerlensError, match="probe_layer"):
         scaling_comparison(smol, cfg, vec, 10, probe=probe, progress=False)
     study = scaling.run(smol, cfg.replace(layer=10), _tiny_critique(vec, 20, probe), progress=False)
     assert seen == [20, 20, 20]
     assert (study.comparison.settings["layer"], study.comparison.settings["probe_layer"]) == (10, 20)
+    # the problems have the critique run's difficulty, where the vector was built
+    assert (study.config.steps, study.config.max_operand) == (2, 7) == (
+        study.comparison.settings["steps"],
+        study.comparison.settings["max_operand"],
+    )
     assert study.comparison.parallel["unsteered"].settings["verifier"] == "critique_probe"
     study.save(tmp_path, formats=())
     back = ScalingStudy.load(tmp_path)
@@ -178,5 +183,10 @@ def test_cli_reads_a_critique_run_directory(smol, vec, probe, tmp_path, capsys):
     for name in ("tts.json", "tts_results.json", "config.json", "tts_curves.html"):
         assert (out / name).exists(), name
     study = ScalingStudy.load(out)
-    assert study.config == ScalingConfig.quick(n_problems=1, budget=8, layer=10)
+    assert study.config == ScalingConfig.quick(n_problems=1, budget=8, layer=10, steps=2, max_operand=7)
     assert (study.comparison.settings["layer"], study.comparison.settings["probe_layer"]) == (10, 20)
+    # the problems have the critique run's difficulty, where the vector was built
+    assert (study.config.steps, study.config.max_operand) == (2, 7) == (
+        study.comparison.settings["steps"],
+        study.comparison.settings["max_operand"],
+    )
