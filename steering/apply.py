@@ -30,8 +30,8 @@ from steerlens.errors import SteerlensError
 from steerlens.model import Model
 from steerlens.sites import block_path, decoder_body, first_tensor, mlp_out_is_residual_add, mlp_out_proj_path
 
-from .intervention import Intervention
 from .fused import UNIFORM, apply_steps
+from .intervention import Intervention
 from .ops import OPS, Op
 from .positions import Positions, SequenceState, Trigger, Window
 from .vector import SteeringVector, Units
@@ -100,7 +100,9 @@ class _Layer:
 
 def _layer(steps: list[_Step]) -> _Layer:
     """UNIFORM marks the steps whose coefficient is one float (``_coef`` returns a float for them)."""
-    codes = [OPS.index(s.op) | (UNIFORM if s.positions == "all" and s.alpha is not None else 0) for s in steps]
+    codes = [
+        OPS.index(s.op) | (UNIFORM if s.positions == "all" and s.alpha is not None else 0) for s in steps
+    ]
     return _Layer(steps, torch.stack([s.vector for s in steps]), codes)
 
 
@@ -140,9 +142,7 @@ def _coefs(layer: _Layer, state: SequenceState, h: Tensor) -> Tensor:
     if key not in state.masks:
         lead = h.shape[:-1]
         cs = [_coef(s, state, h.device) for s in layer.steps]
-        full = [
-            torch.full(lead, c, device=h.device) if isinstance(c, float) else c.expand(lead) for c in cs
-        ]
+        full = [torch.full(lead, c, device=h.device) if isinstance(c, float) else c.expand(lead) for c in cs]
         state.masks[key] = torch.stack(full)
     return state.masks[key]
 

@@ -49,7 +49,7 @@ __all__ = ["OPS", "UNIFORM", "FusedLayer", "apply_steps", "reference", "steer_la
 def reference(
     h: Float[Tensor, "*lead d_model"],
     dirs: Float[Tensor, "n d_model"],
-    coefs: Float[Tensor, "n *lead"],
+    coefs: Float[Tensor, " n *lead"],
     codes: Sequence[int],
 ) -> Float[Tensor, "*lead d_model"]:
     """The steps as plain torch ops, one after another: the meaning of the fused op and its CPU path."""
@@ -116,7 +116,7 @@ def _launch_shape(d_model: int) -> tuple[int, int, int]:
 def triton_steer(
     h: Float[Tensor, "*lead d_model"],
     dirs: Float[Tensor, "n d_model"],
-    coefs: Float[Tensor, "n *lead"],
+    coefs: Float[Tensor, " n *lead"],
     codes: Sequence[int],
 ) -> Float[Tensor, "*lead d_model"]:
     """Launch the Triton kernel (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``); no host sync, no new
@@ -160,7 +160,7 @@ def _steer_layer_fake(h: Tensor, dirs: Tensor, coefs: Tensor, codes: list[int]) 
 def apply_steps(
     h: Float[Tensor, "*lead d_model"],
     dirs: Float[Tensor, "n d_model"],
-    coefs: Float[Tensor, "n *lead"],
+    coefs: Float[Tensor, " n *lead"],
     codes: Sequence[int],
 ) -> Float[Tensor, "*lead d_model"]:
     """The fused op, except where gradients must flow (the op has no backward): then the torch composition,
