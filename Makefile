@@ -43,4 +43,4 @@ lint: $(STAMP)
 	cd .typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml steerlens
 
 bench: peers
-	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py
+	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py && $(PY) bench/fused.py

@@ -111,6 +111,15 @@ def _untouched(case: dict[str, Any]) -> torch.Tensor:
     return off
 
 
+def _long(case: dict[str, Any], n: int = 40) -> dict[str, Any]:
+    """The case's steps repeated to ``n`` (more than one kernel launch takes)."""
+    reps = -(-n // len(case["ops"]))
+    out = dict(case, ops=(case["ops"] * reps)[:n], codes=(case["codes"] * reps)[:n], h=case["h"].float())
+    out["dirs"] = case["dirs"].float().repeat(reps, 1)[:n]  # fp32: the launches round in between
+    out["coefs"] = case["coefs"].repeat(reps, *[1] * (case["coefs"].ndim - 1))[:n] * 0.2
+    return out
+
+
 def check(fused: Any, case: dict[str, Any]) -> tuple[float, float]:
     """(kernel error, reference-in-dtype error), each max |x - exact| / max(1, max |exact|); raises if the
     kernel is off by more than TOL or touches a position it must leave bit-identical."""
@@ -188,6 +197,8 @@ def main() -> None:
         print(
             f"  {name:8} {count:3d} cases: worst kernel {err:.2e} (tol {tol:.0e}), reference {err_native:.2e}"
         )
+    check(fused, _long(random_case(rng, args.device)))
+    print("  a layer of 40 steps (two launches of at most 31): ok")
     if args.graph:
         check_cuda_graph(fused)
     print(f"OK: {args.cases} cases passed")
