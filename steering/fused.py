@@ -142,12 +142,18 @@ def _default_shape(block_d: int) -> tuple[int, int]:
     return max(1, min(16, 4096 // block_d)), 4 if block_d <= 4096 else 8 if block_d <= 8192 else 16
 
 
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
 def _env_shape(d_model: int) -> tuple[int, int] | None:
     spec = os.environ.get(SHAPE_ENV, "").replace(" ", "")
     for item in filter(None, spec.split(",")):
         key, _, shape = item.rpartition(":")
         if key in ("", str(d_model)):
             m, _, w = shape.lower().partition("x")
+            if not (m.isdigit() and w.isdigit() and _pow2(int(m)) and _pow2(int(w))):
+                raise ValueError(f"{SHAPE_ENV}={spec!r}: {item!r} is not BLOCK_MxWARPS, both powers of two")
             return int(m), int(w)
     return None
 
