@@ -27,6 +27,8 @@ of steerlens (``bench/fused_gpu.sh`` loads it on its own).
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
 
 import torch
@@ -76,12 +78,18 @@ if triton is not None:
         stride_h,
         stride_out,
         stride_dir,
+        stride_coef,
         codes,  # int64, 2 bits per step: the OPS index of step s at bits 2s and 2s+1
         n_steps,
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """BLOCK_M positions x the whole d_model in registers, the steps in turn; one load, one store."""
+        """BLOCK_M positions x the whole d_model in registers, the steps in turn; one load, one store.
+
+        Latency: step s+1's direction and coefficients are loaded before step s computes (they do not depend
+        on h), so their load latency hides behind this step's reductions instead of adding up step by step.
+        Arithmetic (what bounds several steps on bf16): ``add`` needs no reduction, ``add_norm`` one or two
+        (|h + c u| from h.u, |h| and |u|; right after another ``add_norm`` |h| is known), masks act per row."""
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_D)
         rmask = rows < n_rows
@@ -89,30 +97,83 @@ if triton is not None:
         m2 = rmask[:, None] & cmask[None, :]
         r64 = rows.to(tl.int64)[:, None]
         h = tl.load(h_ptr + r64 * stride_h + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        u = tl.load(dir_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        c = tl.load(coef_ptr + rows, mask=rmask, other=0.0)[:, None]
+        hh = tl.zeros([BLOCK_M, 1], dtype=tl.float32)  # |h|^2 per row, valid right after an add_norm
+        hh_at = n_steps * 0 - 1  # the step at whose start ``hh`` is current (-1: none)
         for s in range(n_steps):
-            u = tl.load(dir_ptr + s * stride_dir + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-            c = tl.load(coef_ptr + s * n_rows + rows, mask=rmask, other=0.0)[:, None]
+            nxt = (s + 1) % n_steps  # prefetch the next step's operands (after the last: step 0's, unused)
+            u_next = tl.load(dir_ptr + nxt * stride_dir + cols, mask=cmask, other=0.0)
+            c_next = tl.load(coef_ptr + nxt * stride_coef + rows, mask=rmask, other=0.0)
             code = (codes >> (2 * s)) & 3  # the same for every program: no divergence
+            # Every op is h <- r h + b u with per-row r, b: the selects act on [BLOCK_M, 1], not per element,
+            # and b = 0, r = 1 leave a position as it is.
             if code == 0:  # add
                 h = h + c * u
-            elif code == 1:  # add_norm: back to |h| (positions with c == 0 stay bit-identical)
-                y = h + c * u
-                before = tl.sqrt_rn(tl.sum(h * h, axis=1))[:, None]
-                after = tl.maximum(tl.sqrt_rn(tl.sum(y * y, axis=1)), 1e-12)[:, None]
-                h = tl.where(c == 0.0, h, y * tl.div_rn(before, after))
+            elif code == 1:  # add_norm: h + c u, rescaled to |h|; |h + c u|^2 = |h|^2 + c (2 h.u + c |u|^2)
+                hu = tl.sum(h * u, axis=1)[:, None]
+                uu = tl.sum(u * u, axis=1)[:, None]
+                if hh_at != s:
+                    hh = tl.sum(h * h, axis=1)[:, None]
+                yy = tl.maximum(hh + c * (2.0 * hu + c * uu), 0.0)
+                r = tl.where(c == 0.0, 1.0, tl.div_rn(tl.sqrt_rn(hh), tl.maximum(tl.sqrt_rn(yy), 1e-12)))
+                h = h * r + (c * r) * u
+                hh = tl.where(c == 0.0, hh, yy * r * r)  # = |h|^2 before, unless |h + c u| < 1e-12
+                hh_at = s + 1
             elif code == 2:  # ablate
                 h = h - (c * tl.sum(h * u, axis=1)[:, None]) * u
             else:  # clamp: NaN marks positions left as they are
-                h = tl.where(c != c, h, h + (c - tl.sum(h * u, axis=1)[:, None]) * u)
+                h = h + tl.where(c != c, 0.0, c - tl.sum(h * u, axis=1)[:, None]) * u
+            u = u_next.to(tl.float32)[None, :]
+            c = c_next[:, None]
         tl.store(out_ptr + r64 * stride_out + cols[None, :], h.to(out_ptr.dtype.element_ty), mask=m2)
 
 
-def _launch_shape(d_model: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_D, num_warps): a whole row per program, about 4K elements per program."""
+# (BLOCK_M, num_warps) by (BLOCK_D, element size), measured on a GPU (bench/fused.py --gpu prints the sweep's
+# best shapes); shapes not listed use _default_shape. STEERLENS_FUSED_SHAPE overrides both: "BLOCK_MxWARPS"
+# for every d_model, or "d_model:BLOCK_MxWARPS,..." per d_model (e.g. "576:2x4,4096:1x8"); read once per
+# (d_model, dtype) (``_launch_shape.cache_clear()`` re-reads it).
+LAUNCH_SHAPES: dict[tuple[int, int], tuple[int, int]] = {}
+SHAPE_ENV = "STEERLENS_FUSED_SHAPE"
+
+
+def _default_shape(block_d: int) -> tuple[int, int]:
+    """A whole row per program, about 4K elements per program (32 per thread at 4 warps)."""
+    return max(1, min(16, 4096 // block_d)), 4 if block_d <= 4096 else 8 if block_d <= 8192 else 16
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _env_shape(d_model: int) -> tuple[int, int] | None:
+    spec = os.environ.get(SHAPE_ENV, "").replace(" ", "")
+    for item in filter(None, spec.split(",")):
+        key, _, shape = item.rpartition(":")
+        if key in ("", str(d_model)):
+            m, _, w = shape.lower().partition("x")
+            if not (m.isdigit() and w.isdigit() and _pow2(int(m)) and _pow2(int(w))):
+                raise ValueError(f"{SHAPE_ENV}={spec!r}: {item!r} is not BLOCK_MxWARPS, both powers of two")
+            return int(m), int(w)
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_shape(d_model: int, itemsize: int = 4) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_D, num_warps) for rows of ``d_model`` elements of ``itemsize`` bytes."""
     block_d = triton.next_power_of_2(d_model)
-    block_m = max(1, min(16, 4096 // block_d))
-    warps = 4 if block_d <= 4096 else 8 if block_d <= 8192 else 16
-    return block_m, block_d, warps
+    m, w = _env_shape(d_model) or LAUNCH_SHAPES.get((block_d, itemsize)) or _default_shape(block_d)
+    return m, block_d, w
+
+
+@functools.lru_cache(maxsize=1024)
+def _chunks(codes: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    """(first step, steps, packed op codes) per launch: one unless a layer has over MAX_STEPS steps."""
+    out = []
+    for start in range(0, len(codes), MAX_STEPS):
+        chunk = codes[start : start + MAX_STEPS]
+        out.append((start, len(chunk), sum((code & OP_MASK) << (2 * s) for s, code in enumerate(chunk))))
+    return tuple(out)
 
 
 def triton_steer(
@@ -120,30 +181,42 @@ def triton_steer(
     dirs: Float[Tensor, "n d_model"],
     coefs: Float[Tensor, " n *lead"],
     codes: Sequence[int],
+    shape: tuple[int, int] | None = None,
 ) -> Float[Tensor, "*lead d_model"]:
     """Launch the Triton kernel (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``); no host sync, no new
-    tensors besides the output, so it can be captured in a CUDA graph."""
+    tensors besides the output, so it can be captured in a CUDA graph. ``shape``: (BLOCK_M, num_warps)
+    instead of ``_launch_shape``'s (the benchmark's sweep).
+
+    Host cost matters at decode sizes (a 64 x 576 residual moves 74 KB: ~2 us of GPU time), so the common
+    case (contiguous residual, fp32 contiguous coefficients, one launch) creates no tensor but the output and
+    the launch plan is cached per step list."""
     if triton is None:
         raise RuntimeError("triton is not installed: pip install triton (or use reference())")
     if not codes or h.numel() == 0:
         return h.clone()
     d = h.shape[-1]
-    x = h.reshape(-1, d)
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    out = torch.empty((x.shape[0], d), dtype=h.dtype, device=h.device)
-    c = coefs.reshape(len(codes), -1).to(torch.float32).contiguous()
+    if h.is_contiguous():
+        x, out = h, torch.empty_like(h, memory_format=torch.contiguous_format)
+    else:
+        x = h.reshape(-1, d)
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        out = torch.empty((x.shape[0], d), dtype=h.dtype, device=h.device)
+    rows = h.numel() // d
+    stride_x = d if x is h else x.stride(0)
+    c = coefs if coefs.dtype == torch.float32 and coefs.is_contiguous() else coefs.float().contiguous()
     u = dirs if dirs.stride(-1) == 1 else dirs.contiguous()
-    block_m, block_d, warps = _launch_shape(d)
-    grid = (triton.cdiv(x.shape[0], block_m),)
-    for start in range(0, len(codes), MAX_STEPS):  # one launch unless a layer has over MAX_STEPS steps
-        chunk = codes[start : start + MAX_STEPS]
-        packed = sum((code & OP_MASK) << (2 * s) for s, code in enumerate(chunk))
+    if shape is None:
+        block_m, block_d, warps = _launch_shape(d, h.element_size())
+    else:
+        (block_m, warps), block_d = shape, triton.next_power_of_2(d)
+    grid = (triton.cdiv(rows, block_m),)
+    for start, n, packed in _chunks(tuple(codes)):
         _steer_kernel[grid](
-            x, out, u[start:], c[start:], x.shape[0], d, x.stride(0), out.stride(0), u.stride(0),
-            packed, len(chunk), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+            x, out, u[start:] if start else u, c[start:] if start else c, rows, d, stride_x, d, u.stride(0),
+            rows, packed, n, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
         )  # fmt: skip
-        x = out
-    return out.view(h.shape)
+        x, stride_x = out, d
+    return out if out.shape == h.shape else out.view(h.shape)
 
 
 @torch.library.custom_op("steerlens::steer_layer", mutates_args=())
@@ -169,12 +242,15 @@ def apply_steps(
     codes: Sequence[int],
 ) -> Float[Tensor, "*lead d_model"]:
     """The fused op where it pays: on CUDA (the Triton kernel) and inside ``torch.compile`` (one opaque node,
-    no graph break). Eager on CPU, and wherever gradients must flow (the op has no backward), the same torch
-    composition is called directly: it is the op's CPU kernel, minus ~15 us of custom-op dispatch per call."""
+    no graph break). Eagerly the op's kernels are called directly, without the ~15-25 us of custom-op dispatch
+    per call: the Triton kernel on CUDA, the torch composition on CPU and wherever gradients must flow (the op
+    has no backward)."""
     if torch.is_grad_enabled() and (h.requires_grad or dirs.requires_grad):
         return reference(h, dirs, coefs, codes)
-    if h.is_cuda or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return torch.ops.steerlens.steer_layer(h, dirs, coefs, list(codes))
+    if h.is_cuda and triton is not None:  # the op's CUDA kernel, called directly: no dispatch cost eagerly
+        return triton_steer(h, dirs, coefs, codes)
     return reference(h, dirs, coefs, codes)
 
 

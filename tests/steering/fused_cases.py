@@ -48,8 +48,11 @@ def load_fused() -> Any:
     return importlib.import_module("steering.fused")
 
 
-def random_case(rng: random.Random, device: str, big: bool = False) -> dict[str, Any]:
-    """One random step list with its inputs (directions of ablate/clamp are unit vectors, as in steer())."""
+def random_case(
+    rng: random.Random, device: str, big: bool = False, ops: list[str] | None = None
+) -> dict[str, Any]:
+    """One random step list (or ``ops``) with its inputs (directions of ablate/clamp are unit vectors, as in
+    steer())."""
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     dtype = rng.choice([torch.float32, torch.bfloat16, torch.float16])
     d = rng.choice([1, 7, 64, 96, 576, 640, 1000] + ([2048, 4096, 5000] if big else []))
@@ -60,8 +63,8 @@ def random_case(rng: random.Random, device: str, big: bool = False) -> dict[str,
     h = torch.randn(*lead, d, generator=g) * scale
     if rng.random() < 0.2:  # a few outlier features, as in real residuals
         h[..., : max(1, d // 50)] *= 20
-    n = rng.randint(1, 6)
-    ops = [rng.choice(OPS) for _ in range(n)]
+    if ops is None:
+        ops = [rng.choice(OPS) for _ in range(rng.randint(1, 6))]
     dirs, coefs, codes = [], [], []
     for op in ops:
         u = torch.randn(d, generator=g)
@@ -199,9 +202,26 @@ def main() -> None:
         )
     check(fused, _long(random_case(rng, args.device)))
     print("  a layer of 40 steps (two launches of at most 31): ok")
+    for _ in range(6):  # the kernel reuses |h| from one add_norm in the next: runs of them
+        check(
+            fused, random_case(rng, args.device, ops=["add_norm", "add_norm", "add", "add_norm", "add_norm"])
+        )
+    print("  runs of add_norm (|h| carried from one to the next): ok")
     if args.graph:
         check_cuda_graph(fused)
     print(f"OK: {args.cases} cases passed")
+    errs = ", ".join(f"{name} {w[0]:.1e}" for name, w in sorted(worst.items()))
+    summary(f"kernel vs reference on {args.device}: {args.cases} cases OK, worst error {errs}")
+    if args.graph:
+        summary("CUDA graph: capture + 5 in-place updates, every replay == eager == reference: OK")
+
+
+def summary(line: str) -> None:
+    """Append a line to $FUSED_SUMMARY (bench/fused_gpu.sh prints the file at the end)."""
+    path = os.environ.get("FUSED_SUMMARY")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":
