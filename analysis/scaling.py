@@ -35,7 +35,7 @@ from steerlens.steering.tts import (
     wait_stacking,
 )
 from steerlens.steering.vector import SteeringVector, Units
-from steerlens.tasks import arithmetic_problems
+from steerlens.tasks import Problem, arithmetic_problems
 
 from .critique import CritiqueStudy
 from .report import Section
@@ -176,6 +176,18 @@ class ScalingComparison:
         return add
 
 
+def held_out_problems(cfg: ScalingConfig) -> list[Problem]:
+    """The study's problems: ``n_problems`` additions at the critique run's difficulty, seeded apart from the
+    critique run's own (seed + 5000)."""
+    if cfg.steps is None or cfg.max_operand is None:
+        raise SteerlensError(
+            "ScalingConfig.steps and .max_operand must be set (run() takes them from the critique run)"
+        )
+    return arithmetic_problems(
+        cfg.n_problems, seed=cfg.seed + 5_000, steps=cfg.steps, ops="+", max_operand=cfg.max_operand
+    )
+
+
 def scaling_comparison(
     model: Model,
     cfg: ScalingConfig,
@@ -195,13 +207,7 @@ def scaling_comparison(
             "(Logistic.load returns it in the metadata as 'layer')"
         )
     say = Stages("tts", 3, progress)
-    if cfg.steps is None or cfg.max_operand is None:
-        raise SteerlensError(
-            "ScalingConfig.steps and .max_operand must be set (run() takes them from the critique run)"
-        )
-    problems = arithmetic_problems(
-        cfg.n_problems, seed=cfg.seed + 5_000, steps=cfg.steps, ops="+", max_operand=cfg.max_operand
-    )
+    problems = held_out_problems(cfg)
     at = vector.select([layer])
     conditions: dict[str, list[Intervention]] = {
         "unsteered": [],

@@ -144,9 +144,13 @@ def test_probe_is_read_at_its_own_layer_and_the_study_round_trips(smol, vec, pro
     assert seen == [20, 20, 20]
     assert (study.comparison.settings["layer"], study.comparison.settings["probe_layer"]) == (10, 20)
     # the problems have the critique run's difficulty, where the vector was built
-    assert (study.config.steps, study.config.max_operand) == (2, 7) == (
-        study.comparison.settings["steps"],
-        study.comparison.settings["max_operand"],
+    assert (
+        (study.config.steps, study.config.max_operand)
+        == (2, 7)
+        == (
+            study.comparison.settings["steps"],
+            study.comparison.settings["max_operand"],
+        )
     )
     assert study.comparison.parallel["unsteered"].settings["verifier"] == "critique_probe"
     study.save(tmp_path, formats=())
@@ -186,7 +190,11 @@ def test_cli_reads_a_critique_run_directory(smol, vec, probe, tmp_path, capsys):
     assert study.config == ScalingConfig.quick(n_problems=1, budget=8, layer=10, steps=2, max_operand=7)
     assert (study.comparison.settings["layer"], study.comparison.settings["probe_layer"]) == (10, 20)
     # the problems have the critique run's difficulty, where the vector was built
-    assert (study.config.steps, study.config.max_operand) == (2, 7) == (
-        study.comparison.settings["steps"],
-        study.comparison.settings["max_operand"],
+    assert (
+        (study.config.steps, study.config.max_operand)
+        == (2, 7)
+        == (
+            study.comparison.settings["steps"],
+            study.comparison.settings["max_operand"],
+        )
     )
