@@ -289,7 +289,8 @@ def _hooked_from_dir(path: Path, hf: nn.Module, tokenizer: Any, dtype: torch.dty
     name lookup refuses unlisted names, and its config lookup would go to the hub)."""
     from transformer_lens import HookedTransformer, loading
 
-    cfg = loading.get_pretrained_model_config(str(path), dtype=dtype, device=hf.device)
+    device = next(hf.parameters()).device
+    cfg = loading.get_pretrained_model_config(str(path), dtype=dtype, device=device)
     state = loading.get_pretrained_state_dict(str(path), cfg, hf, dtype=dtype)
     ht = HookedTransformer(cfg, tokenizer, move_to_device=False)
     ht.load_and_process_state_dict(
@@ -300,7 +301,7 @@ def _hooked_from_dir(path: Path, hf: nn.Module, tokenizer: Any, dtype: torch.dty
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return ht.to(hf.device)
+    return ht.to(device)
 
 
 def twin_module(module: nn.Module) -> nn.Module:
