@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # importing transformer_lens takes seconds; annotations only 
 
     from steerlens.model import Model
 
-LensModel: TypeAlias = "Model | HookedTransformer"  # a steerlens Model (its lens is used) or the lens itself
+LensModel: TypeAlias = "Model | HookedTransformer"  # a steerlens Model (its lens is used) or a lens itself
 
 
 def lens_of(model: LensModel) -> HookedTransformer:
