@@ -22,6 +22,7 @@ from steerlens.errors import SteerlensError
 from steerlens.figures import GREY, PALETTE, new_figure
 
 from .decompose import (
+    FrozenNorm,
     LensModel,
     Run,
     flat_final,
@@ -32,6 +33,7 @@ from .decompose import (
     post_norm,
     run_decomposed,
 )
+from .lens_parts import head_weights
 from .results import Saveable, head_frame, layer_head_heatmap
 
 if TYPE_CHECKING:
@@ -207,12 +209,12 @@ def _source_outputs(
     """Each source position's value through W_O of ``head`` (post-attention norm's weight and centre
     applied), and the post-norm's inverse scale per destination (``[B, d, 1]``, ones without a post-norm)."""
     lens = lens_of(model)
-    attn = lens.blocks[layer].attn
-    v = lens.blocks[layer].ln1(run.resid_pre[layer]) @ attn.W_V[head] + attn.b_V[head]  # [B, s, d_head]
-    r = v @ attn.W_O[head]  # [B, s, d_model]
+    w = head_weights(lens, layer)
+    v = lens.blocks[layer].ln1(run.resid_pre[layer]) @ w.W_V[head] + w.b_V[head]  # [B, s, d_head]
+    r = v @ w.W_O[head]  # [B, s, d_model]
     post = post_norm(model, run, layer)
     if post is not None:
-        r = frozen_norm(lens.blocks[layer].ln1_post).linear(r)  # weight/centre now, scale per destination
+        r = FrozenNorm(1.0, post.w, None, post.centre).linear(r)  # weight/centre now, scale per destination
         inv_scale = 1.0 / post.scale  # [B, d, 1]
     else:
         inv_scale = torch.ones(B, P, 1)

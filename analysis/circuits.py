@@ -20,6 +20,7 @@ from torch import Tensor
 from steerlens.errors import SteerlensError
 
 from .decompose import FrozenNorm, LensModel, frozen_norm, lens_of, post_attn_norm, tokenizer_of
+from .lens_parts import embed, head_weights, mlp_out
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -104,17 +105,17 @@ def effective_embedding(
         raise SteerlensError(f"effective-embedding variant={variant!r}: expected one of {VARIANTS}")
     lens = lens_of(model)
     ids = ids.tensor() if isinstance(ids, TokenSet) else ids
-    b0 = lens.blocks[0]
+    b0, w = lens.blocks[0], head_weights(lens, 0)
+    post = post_attn_norm(lens, 0)
     out = []
     for i in range(0, len(ids), chunk):
-        x = lens.W_E[ids[i : i + chunk]][None]  # [1, n, d_model]
+        x = embed(lens, ids[i : i + chunk])[None]  # [1, n, d_model]
         if variant == "self_attn":
-            v = torch.einsum("bnd,hde->bnhe", b0.ln1(x), b0.attn.W_V) + b0.attn.b_V
-            a = torch.einsum("bnhe,hem->bnm", v, b0.attn.W_O) + b0.attn.b_O
-            post = post_attn_norm(lens, 0)
+            v = torch.einsum("bnd,hde->bnhe", b0.ln1(x), w.W_V) + w.b_V
+            a = torch.einsum("bnhe,hem->bnm", v, w.W_O) + w.b_O
             x = x + (post(a) if post is not None else a)
         if not lens.cfg.attn_only:
-            x = x + b0.apply_mlp(b0.ln2(x))
+            x = x + mlp_out(lens, 0, b0.ln2(x))
         out.append(x[0])
     return EffectiveEmbedding(ids=ids, vectors=torch.cat(out), variant=variant)
 

@@ -1,6 +1,7 @@
 """The copy-suppression study (McDougall et al. 2023, "Copy Suppression: Comprehensively Understanding an
-Attention Head") for any HookedTransformer model: ``CopySuppressionConfig``, ``run(model, cfg)`` and the
-``CopySuppressionReport`` it returns, and the ``steerlens copy-suppression`` command.
+Attention Head") for any TransformerLens model, HookedTransformer or TransformerBridge (``lens_parts`` reads
+both): ``CopySuppressionConfig``, ``run(model, cfg)`` and the ``CopySuppressionReport`` it returns, and the
+``steerlens copy-suppression`` command.
 
 For GPT-2 Small the paper's head is L10H7 (and L11H10); here the head defaults to the top of
 ``find_negative_heads``, so nothing is model-specific. No interval is reported, so no bootstrap count.

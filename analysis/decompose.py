@@ -18,32 +18,32 @@ from torch import Tensor
 
 from steerlens.errors import SteerlensError
 
+from .lens_parts import LinearisationError, head_weights, norm_spec, post_norm_module
+
 if TYPE_CHECKING:  # importing transformer_lens takes seconds; annotations only need the names
     from transformer_lens import HookedTransformer
     from transformers import PreTrainedTokenizerBase
 
     from steerlens.model import Model
 
-LensModel: TypeAlias = "Model | HookedTransformer"  # a steerlens Model (its lens is used) or the lens itself
-
-
-class LinearisationError(SteerlensError):
-    """A norm or model that the frozen-scale linearisation cannot handle, or a decomposition that does not add up."""
+LensModel: TypeAlias = "Model | HookedTransformer"  # a steerlens Model (its lens is used) or a lens itself
 
 
 def lens_of(model: LensModel) -> HookedTransformer:
-    """The HookedTransformer view of ``model``; refuses TransformerBridge views (they lack per-head weights)."""
+    """The TransformerLens view of ``model``: a HookedTransformer or a TransformerBridge (``lens_parts`` reads
+    either the same way). Annotated as a HookedTransformer, the interface both share."""
     lens = cast("HookedTransformer", getattr(model, "lens", model))
     # Look the names up without evaluating them: HookedTransformer.W_O is a property that stacks every
     # layer's W_O (tens of MB), and this check runs on every call of every analysis function.
     modules = getattr(lens, "_modules", None) or {}
     if not all(
-        a in modules or hasattr(type(lens), a) for a in ("blocks", "W_O", "W_U", "ln_final", "run_with_cache")
+        a in modules or hasattr(type(lens), a)
+        for a in ("blocks", "W_U", "ln_final", "embed", "run_with_cache")
     ):
         raise LinearisationError(
             f"model {getattr(model, 'name', model)!r} has a {type(lens).__name__} lens; copy-suppression analyses "
-            "need a HookedTransformer view with per-head weights (W_Q, W_K, W_V, W_O). Load a model TransformerLens "
-            "supports natively, e.g. steerlens.load('gemma-3-270m') or steerlens.load('gpt2')"
+            "need a TransformerLens view (HookedTransformer or TransformerBridge) with blocks, embed, ln_final "
+            "and W_U. Pass a steerlens Model, e.g. steerlens.load('gemma-3-270m')"
         )
     return lens
 
@@ -89,28 +89,20 @@ class FrozenNorm:
 
 
 def frozen_norm(module: torch.nn.Module, scale: Tensor | float = 1.0) -> FrozenNorm:
-    """Freeze a TransformerLens norm module at ``scale`` (1.0 gives the direction-only map used by weight tests)."""
-    kind = type(module).__name__
-    if kind not in ("RMSNorm", "RMSNormPre", "LayerNorm", "LayerNormPre"):
-        raise LinearisationError(
-            f"norm module {kind!r} has no frozen-scale linearisation; expected RMSNorm, RMSNormPre, LayerNorm or "
-            "LayerNormPre. Load the model with a TransformerLens config using one of these norms"
-        )
-    w = getattr(module, "w", None)
-    b = getattr(module, "b", None)
+    """Freeze a norm module (TransformerLens RMSNorm/LayerNorm or a TransformerBridge norm) at ``scale`` (1.0
+    gives the direction-only map used by weight tests)."""
+    spec = norm_spec(module)
     return FrozenNorm(
         scale=scale,
-        w=w.detach() if w is not None else None,
-        b=b.detach() if b is not None else None,
-        centre=kind.startswith("LayerNorm"),
+        w=spec.w.detach() if spec.w is not None else None,
+        b=spec.b.detach() if spec.b is not None else None,
+        centre=spec.centre,
     )
 
 
 def post_attn_norm(lens: HookedTransformer, layer: int) -> torch.nn.Module | None:
     """The norm applied to the attention block's output before the residual add, or None (GPT-2 style)."""
-    if getattr(lens.cfg, "use_normalization_before_and_after", False):
-        return lens.blocks[layer].ln1_post
-    return None
+    return post_norm_module(lens, layer, "ln1_post")
 
 
 @dataclass
@@ -196,7 +188,7 @@ def head_results(
     """Each head's contribution to the residual stream (after the frozen post-attention norm, if any)."""
     lens = lens_of(model)
     hs = list(range(lens.cfg.n_heads)) if heads is None else list(heads)
-    r = torch.einsum("bphd,hdm->bphm", run.z[layer][:, :, hs], lens.blocks[layer].attn.W_O[hs])
+    r = torch.einsum("bphd,hdm->bphm", run.z[layer][:, :, hs], head_weights(lens, layer).W_O[hs])
     norm = post_norm(model, run, layer)
     if norm is None:
         return r
@@ -207,7 +199,7 @@ def head_results(
 def attn_bias(model: LensModel, run: Run, layer: int) -> Float[Tensor, "batch pos d_model"]:
     """The part of the attention block's output that no head owns (``b_O`` and any post-norm bias)."""
     lens = lens_of(model)
-    b_O = lens.blocks[layer].attn.b_O.expand_as(run.attn_out[layer])
+    b_O = head_weights(lens, layer).b_O.expand_as(run.attn_out[layer])
     norm = post_norm(model, run, layer)
     return b_O if norm is None else norm(b_O)
 

@@ -30,6 +30,7 @@ from .circuits import (
     read_directions,
 )
 from .decompose import LensModel, frozen_norm, lens_of, post_attn_norm
+from .lens_parts import head_weights
 from .results import Saveable
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class OVRanks(Saveable):
 def ov_out_map(lens: HookedTransformer, layer: int, head: int) -> Float[Tensor, "d_head d_model"]:
     """W_O of one head through the post-attention norm's direction (its scale is one positive number per
     position, which cannot change a rank)."""
-    W_O = lens.blocks[layer].attn.W_O[head]
+    W_O = head_weights(lens, layer).W_O[head]
     post = post_attn_norm(lens, layer)
     return frozen_norm(post).linear(W_O) if post is not None else W_O
 
@@ -91,7 +92,8 @@ def ov_rank_tensors(
     """Suppression and copying ranks and the number of candidates; ``src_in`` is the head's (pre-normed)
     input for each source token. ``z_out`` (sample mode) receives each row's suppression z-score: how many
     row standard deviations the diagonal logit lies below the row mean."""
-    v = src_in @ lens.blocks[layer].attn.W_V[head]  # [n, d_head]
+    # b_V is left out: like b_O it adds the same vector whatever the source token (TL folds it into b_O)
+    v = src_in @ head_weights(lens, layer).W_V[head]  # [n, d_head]
     M = ov_out_map(lens, layer, head)  # [d_head, d_model]
     if rank_over == "sample":
         G = read_directions(lens, ids) if read is None else read

@@ -31,6 +31,7 @@ from .circuits import (
     rank_histogram,
 )
 from .decompose import LensModel, lens_of
+from .lens_parts import embed, head_weights, qk_norms
 from .results import Saveable
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def _side(
     if which == "effective":
         return emb.vectors
     if which == "raw":
-        return lens.W_E[ids]
+        return embed(lens, ids)
     raise SteerlensError(f"QK side {which!r}: expected one of {QUERY_SIDES}")
 
 
@@ -57,14 +58,14 @@ def qk_vectors(
     lens: HookedTransformer, layer: int, head: int, xq: Tensor, xk: Tensor, normed: bool = False
 ) -> tuple[Float[Tensor, "n d_head"], Float[Tensor, "n d_head"]]:
     """Queries and keys of one head at a common position (rotary rotations cancel at relative offset 0)."""
-    attn = lens.blocks[layer].attn
+    w = head_weights(lens, layer)
     if not normed:
         xq, xk = head_input(lens, layer, xq), head_input(lens, layer, xk)
-    q = xq @ attn.W_Q[head] + attn.b_Q[head]
-    k = xk @ attn.W_K[head] + attn.b_K[head]
-    if getattr(lens.cfg, "use_qk_norm", False):
-        assert attn.q_norm is not None and attn.k_norm is not None  # built when the flag is set
-        q, k = attn.q_norm(q), attn.k_norm(k)
+    q = xq @ w.W_Q[head] + w.b_Q[head]
+    k = xk @ w.W_K[head] + w.b_K[head]
+    norms = qk_norms(lens, layer)
+    if norms is not None:
+        q, k = norms[0](q), norms[1](k)
     return q, k
 
 

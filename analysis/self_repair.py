@@ -19,8 +19,9 @@ from torch import Tensor
 from steerlens.figures import GREY, PALETTE, new_figure
 
 from .circuits import TokenSet, Variant, effective_embedding, head_input, read_directions, token_set
-from .decompose import LensModel, Run, lens_of, run_decomposed, tokenizer_of
+from .decompose import LensModel, Run, frozen_norm, lens_of, post_attn_norm, run_decomposed, tokenizer_of
 from .ioi import IOIBatch
+from .lens_parts import head_weights, set_head_W_O
 from .negative_heads import centred_unembed, head_dla, ioi_head_effects, ioi_logit_diff
 from .results import Saveable, head_frame, layer_head_heatmap
 
@@ -241,21 +242,20 @@ def planted_suppression_head(
         ...     assert find_negative_heads(model, methods=("ov",)).top(1) == [(14, 2)]
     """
     lens = lens_of(model)
-    attn = lens.blocks[layer].attn
+    w = head_weights(lens, layer)
     emb = effective_embedding(model, tokens, variant)
-    v = head_input(lens, layer, emb.vectors) @ attn.W_V[head]  # [n, d_head]
+    v = head_input(lens, layer, emb.vectors) @ w.W_V[head]  # [n, d_head]
     g = read_directions(lens, tokens.tensor())  # [d_model, n]
-    post = getattr(lens.blocks[layer], "ln1_post", None)
-    if post is not None and getattr(lens.cfg, "use_normalization_before_and_after", False):
-        g = g * post.w.detach()[:, None]
+    post = post_attn_norm(lens, layer)
+    if post is not None:
+        g = frozen_norm(post).read_direction(g)
     target = -torch.linalg.pinv(
         g
     )  # [n, d_model]: target_i . g_j = -delta_ij, each token suppresses itself only
     W = torch.linalg.pinv(v) @ target
-    original = attn.W_O.data[head].clone()
-    W = W * (gain * original.norm() / W.norm())
-    attn.W_O.data[head] = W.to(original.dtype)
+    original = w.W_O[head].detach().clone()
+    set_head_W_O(lens, layer, head, W * (gain * original.norm() / W.norm()))
     try:
         yield
     finally:
-        attn.W_O.data[head] = original
+        set_head_W_O(lens, layer, head, original)
