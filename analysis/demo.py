@@ -41,8 +41,18 @@ class DemoPlan:
     @classmethod
     def default(cls) -> DemoPlan:
         return cls(
-            CritiqueConfig(n=120, n_detect=60, n_calibrate=40, alphas=(-0.2, -0.1, 0.0, 0.1, 0.2)),
-            ScalingConfig(n_problems=12, samples=8, rounds=2),
+            # The demo's 30 minutes fit the critique and scaling studies on smollm2 only, at the difficulty it
+            # can do (3 additions up to 10); `steerlens critique` / `tts` default to qwen at 4 x 50.
+            CritiqueConfig(
+                n=120,
+                steps=3,
+                max_operand=10,
+                max_new_tokens=64,
+                n_detect=60,
+                n_calibrate=40,
+                alphas=(-0.2, -0.1, 0.0, 0.1, 0.2),
+            ),
+            ScalingConfig(n_problems=12, samples=8, rounds=2, budget=64),
             PersonalityConfig(with_stability=False),
             CopySuppressionConfig(),
         )
@@ -50,8 +60,8 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> DemoPlan:
         return cls(
-            CritiqueConfig.quick(),
-            ScalingConfig.quick(),
+            CritiqueConfig.quick(steps=3, max_operand=10, max_new_tokens=64),
+            ScalingConfig.quick(budget=64),
             PersonalityConfig.quick(),
             CopySuppressionConfig.quick(),
         )

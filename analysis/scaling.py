@@ -37,7 +37,7 @@ from steerlens.steering.tts import (
 from steerlens.steering.vector import SteeringVector, Units
 from steerlens.tasks import Problem, arithmetic_problems
 
-from .critique import CritiqueStudy
+from .critique import STUDY_MODEL, CritiqueStudy
 from .report import Section
 from .study import add_study_command
 
@@ -67,7 +67,7 @@ class ScalingConfig(StudyConfig):
     max_operand: int | None = None
     samples: int = 8
     rounds: int = 2
-    budget: int = 64
+    budget: int = 96
     alpha: float = 0.1
     units: Units = "resid"
     layer: int | None = None
@@ -378,6 +378,6 @@ def register(sub: SubParsers) -> None:
         "test-time scaling (parallel and 'Wait' rounds), steered vs unsteered",
         ScalingConfig,
         main,
-        model="smollm2-135m-instruct",
+        model=STUDY_MODEL,
         extra=critique_dir,
     )

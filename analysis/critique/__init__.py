@@ -5,12 +5,13 @@ report); the parts on their own: ``critique_vector`` and ``detection_sweep``.
 """
 
 from .detection import ALPHAS, Arm, DetectionPoint, DetectionSweep, detection_sweep
-from .study import CritiqueConfig, CritiqueStudy, Mode, register, resumable, run
+from .study import STUDY_MODEL, CritiqueConfig, CritiqueStudy, Mode, register, resumable, run
 from .vector import SPANS, Context, CritiqueVector, Method, Pool, Span, critique_vector
 
 __all__ = [
     "ALPHAS",
     "SPANS",
+    "STUDY_MODEL",
     "Arm",
     "Context",
     "CritiqueConfig",

@@ -66,12 +66,14 @@ class CritiqueConfig(StudyConfig):
     QUICK: ClassVar[dict[str, Any]] = dict(n=24, n_detect=12, n_calibrate=8, alphas=(-0.2, 0.0, 0.2))
 
     n: int = 200
-    steps: int = 3
-    max_operand: int = 10
+    steps: int = (
+        4  # qwen2.5-coder-0.5b: 75% clean accuracy at 4 x 50 (bench/RESULTS.md, accuracy vs difficulty)
+    )
+    max_operand: int = 50
     seed: int = 0
     mode: Mode = "generated"
     shots: int = 3
-    max_new_tokens: int = 64
+    max_new_tokens: int = 96  # a 4-step trace with 2-3 digit numbers is ~62 tokens on qwen's tokenizer
     span: Span = "answer"
     method: Method = "mean"
     n_detect: int = 100
@@ -344,6 +346,11 @@ def _injection(
 # ---- command line (registered through the ``steerlens.commands`` entry point) -------------------------
 
 
+STUDY_MODEL = (
+    "qwen2.5-coder-0.5b-instruct"  # the embedded model that reasons; smollm2 and gemma are at chance
+)
+
+
 def register(sub: SubParsers) -> None:
     """``steerlens critique``: one flag per ``CritiqueConfig`` field, ``--quick`` for the smoke sizes."""
     add_study_command(
@@ -352,5 +359,5 @@ def register(sub: SubParsers) -> None:
         "error-injected reasoning, probes, critique vector, detection vs alpha",
         CritiqueConfig,
         lambda model, cfg, out, args: run(model, cfg, out),
-        model="smollm2-135m-instruct",
+        model=STUDY_MODEL,
     )

@@ -107,6 +107,8 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "crit"
     argv = [
         "critique",
+        "--model",
+        "smollm2-135m-instruct",  # the CLI's default is qwen; the CLI plumbing is what is tested here
         "--out",
         str(out),
         "--n",
@@ -132,6 +134,7 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
     assert vec.settings["kind"] == "critique"
     study = CritiqueStudy.load(out)
     assert study.config == CritiqueConfig(n=24, n_detect=12, mode="templated", alphas=(-0.1, 0.0, 0.1))
+    assert len(study.run.records[0].trace.split("Step")) == 5  # the default difficulty: 4 steps
     assert study.critique.layer == json.loads((out / "metrics.json").read_text())["probe"]["chosen_layer"]
     capsys.readouterr()
     assert main(argv) == 0  # a rerun resumes: the records are reused, not regenerated

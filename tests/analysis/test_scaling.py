@@ -168,12 +168,14 @@ def test_probe_is_read_at_its_own_layer_and_the_study_round_trips(smol, vec, pro
 @pytest.mark.slow
 def test_cli_reads_a_critique_run_directory(smol, vec, probe, tmp_path, capsys):
     crit, out = tmp_path / "crit", tmp_path / "tts"
-    assert main(["tts", "--quick", "--critique", str(crit), "--out", str(out)]) == 2  # no critique run yet
+    smol_only = ["--model", "smollm2-135m-instruct"]  # the CLI's default is qwen; the plumbing is tested here
+    assert main(["tts", "--quick", *smol_only, "--critique", str(crit), "--out", str(out)]) == 2  # no run yet
     assert f"steerlens critique --out {crit}" in capsys.readouterr().err
     _tiny_critique(vec, 20, probe).save(crit, formats=())
     argv = [
         "tts",
         "--quick",
+        *smol_only,
         "--critique",
         str(crit),
         "--out",
