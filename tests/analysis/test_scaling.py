@@ -91,7 +91,7 @@ def test_config_defaults_flags_and_quick_sizes():
         24,
         8,
         2,
-        64,
+        96,
         0.1,
         0,
         None,
