@@ -91,6 +91,7 @@ class SAEMetrics:
         return fig
 
 
+@torch.no_grad()
 def evaluate_sae(
     model: Model,
     sae: SAE[Any],

@@ -164,7 +164,8 @@ def train_sae(
         )
     t0 = time.perf_counter()
     trainer, resumed = _trainer(store, settings, out, n_checkpoints, progress)
-    with contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO()):
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+    with quiet, torch.enable_grad():
         sae = trainer.fit()  # sae-lens' own progress bar (on stderr)
     seconds = time.perf_counter() - t0
     sae.save_inference_model(final)
