@@ -118,28 +118,13 @@ def evaluate_sae(
         >>> m.explained_variance, m.ce_increase, m.ce_increase_zero
     """
     ids = corpus_windows(model, 24, 64) if tokens is None else tokens
-    g = torch.Generator().manual_seed(seed)
-    w_dec = sae.W_dec.detach()
-    w_rand = torch.randn(w_dec.shape, generator=g).to(w_dec)
-    w_rand = w_rand * (w_dec.norm(dim=-1, keepdim=True) / w_rand.norm(dim=-1, keepdim=True))
-    ev, ev_rand = ExplainedVarianceCalculator(), ExplainedVarianceCalculator()
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    l0 = [0.0, 0]
-
-    def observe(x: Tensor, acts: Tensor, x_hat: Tensor) -> None:
-        ev.add_batch(x_hat.float(), x.float())
-        ev_rand.add_batch((acts @ w_rand + sae.b_dec).float(), x.float())
-        active = acts > 0
-        fired.logical_or_(active.any(0).cpu())
-        l0[0] += float(active.sum())
-        l0[1] += len(acts)
-
+    rec = _Recorder(sae, seed)
     sums = torch.zeros(5, dtype=torch.float64)  # ce clean, spliced, zero; kl spliced, zero
     n = 0
     for i in range(0, len(ids), batch_size):
         batch = ids[i : i + batch_size].to(model.device)
         clean = _logits(model, batch)
-        with splice_sae(model, sae, site=site, skip=skip, observe=observe):
+        with splice_sae(model, sae, site=site, skip=skip, observe=rec):
             spliced = _logits(model, batch)
         with splice_sae(model, sae, "zero", site=site, skip=skip):
             zero = _logits(model, batch)
@@ -158,9 +143,31 @@ def evaluate_sae(
         "seed": seed,
     }
     return SAEMetrics(
-        ev.compute(), ev_rand.compute(), l0[0] / max(l0[1], 1), 1 - float(fired.float().mean()),
+        rec.ev.compute(), rec.ev_rand.compute(), rec.active / max(rec.rows, 1), 1 - float(rec.fired.float().mean()),
         ce_c, ce_s, ce_z, kl_s, kl_z, n, settings,
     )  # fmt: skip
+
+
+class _Recorder:
+    """Explained variance (sae-lens' calculator) of the SAE and of a random decoder with the same row norms,
+    L0 and which features fired, accumulated over the spliced forwards."""
+
+    def __init__(self, sae: SAE[Any], seed: int):
+        w_dec = sae.W_dec.detach()
+        w = torch.randn(w_dec.shape, generator=torch.Generator().manual_seed(seed)).to(w_dec)
+        self.w_rand = w * (w_dec.norm(dim=-1, keepdim=True) / w.norm(dim=-1, keepdim=True))
+        self.b_dec = sae.b_dec.detach()
+        self.ev, self.ev_rand = ExplainedVarianceCalculator(), ExplainedVarianceCalculator()
+        self.fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+        self.active, self.rows = 0.0, 0
+
+    def __call__(self, x: Tensor, acts: Tensor, x_hat: Tensor) -> None:
+        self.ev.add_batch(x_hat.float(), x.float())
+        self.ev_rand.add_batch((acts @ self.w_rand + self.b_dec).float(), x.float())
+        active = acts > 0
+        self.fired.logical_or_(active.any(0).cpu())
+        self.active += float(active.sum())
+        self.rows += len(acts)
 
 
 @torch.no_grad()

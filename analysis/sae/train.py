@@ -153,30 +153,43 @@ def train_sae(
     settings = _settings(
         store, site, architecture, expansion, k, sparsity, train_samples, batch_size, lr, seed
     )
-    final = out / "sae"
-    if (out / "train.json").exists():
-        done = TrainedSAE.load(out)
-        if done.settings == settings:
-            return done
-        raise StoreMismatch(
-            f"{out} holds an SAE trained with other settings ({_diff(done.settings, settings)}); "
-            "use another out directory or delete this one"
-        )
+    done = _finished(out, settings)
+    if done is not None:
+        return done
     t0 = time.perf_counter()
     trainer, resumed = _trainer(store, settings, out, n_checkpoints, progress)
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
     with quiet, torch.enable_grad():
-        sae = trainer.fit()  # sae-lens' own progress bar (on stderr)
+        trainer.fit()  # sae-lens' own progress bar (on stderr)
     seconds = time.perf_counter() - t0
-    sae.save_inference_model(final)
-    save_file({"sparsity": trainer.log_feature_sparsity.contiguous()}, str(final / "sparsity.safetensors"))
-    loaded = SAE.load_from_disk(final, device="cpu").eval()
-    meta = sae.cfg.metadata
-    recorded = {"l0": meta.l0, "num_dead_features": meta.num_dead_features, "steps": trainer.n_training_steps}
+    loaded, recorded = _save_final(trainer, out / "sae")
     metrics = evaluate_sae(model, loaded, eval_tokens, seed=seed) if model is not None else None
-    run = TrainedSAE(loaded, final, settings, seconds, resumed, metrics, recorded)
+    run = TrainedSAE(loaded, out / "sae", settings, seconds, resumed, metrics, recorded)
     write_json(out / "train.json", run.to_dict())
     return run
+
+
+def _finished(out: Path, settings: dict[str, Any]) -> TrainedSAE | None:
+    """A finished run in ``out`` with these settings (None if there is none; an error if it differs)."""
+    if not (out / "train.json").exists():
+        return None
+    done = TrainedSAE.load(out)
+    if done.settings != settings:
+        raise StoreMismatch(
+            f"{out} holds an SAE trained with other settings ({_diff(done.settings, settings)}); "
+            "use another out directory or delete this one"
+        )
+    return done
+
+
+def _save_final(trainer: SafeTrainer, final: Path) -> tuple[SAE[Any], dict[str, Any]]:
+    """The inference SAE in sae-lens' format (plus its feature sparsity), loaded back by sae-lens."""
+    sae = trainer.sae
+    sae.save_inference_model(final)
+    save_file({"sparsity": trainer.log_feature_sparsity.contiguous()}, str(final / "sparsity.safetensors"))
+    meta = sae.cfg.metadata
+    recorded = {"l0": meta.l0, "num_dead_features": meta.num_dead_features, "steps": trainer.n_training_steps}
+    return SAE.load_from_disk(final, device="cpu").eval(), recorded
 
 
 def _source(
