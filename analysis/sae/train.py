@@ -127,8 +127,7 @@ def train_sae(
 ) -> TrainedSAE:
     """Train a sae-lens SAE on activations at ``site`` with sae-lens' ``SAETrainer``, streaming the store.
 
-    Why: researchers read steering vectors through SAEs, and no pretrained SAE exists offline for the embedded
-    models; this trains one from a steerlens store in bounded RAM, resumably, in sae-lens' own format.
+    Why: no pretrained SAE exists offline for the embedded models; this trains one from a store in bounded RAM.
 
     Args:
         source: an ``ActivationStore`` holding ``site``, or a ``Model`` (then ``collect_tokens`` tokens of
