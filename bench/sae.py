@@ -118,7 +118,7 @@ def main() -> None:
     print(
         f"model {args.model}, site {site}, {windows.numel()} tokens ({len(windows)} x {windows.shape[1]}), {SAE}"
     )
-    collect_s, train_s, rows = ours(model, site, windows, tmp) if not os.environ.get("SKIP_OURS") else (1, 1, 1)
+    collect_s, train_s, rows = ours(model, site, windows, tmp)
     print(f"steerlens train_sae from the store: {rows / train_s:8.0f} tokens/s training ({train_s:.1f} s); "
           f"collect {collect_s:.1f} s; end to end {rows / (collect_s + train_s):.0f} tokens/s")  # fmt: skip
     try:

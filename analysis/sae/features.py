@@ -82,7 +82,7 @@ class VectorFeatures:
         rows = []
         for by in ("cosine", "delta"):
             for arm, control in (("vector", False), ("random control", True)):
-                for rank, (f, v) in enumerate(self.top(by, k, control)):  # type: ignore[arg-type]
+                for rank, (f, v) in enumerate(self.top(by, k, control)):
                     rows.append(
                         {"vector": self.name, "score": by, "arm": arm, "rank": rank, "feature": f, "value": v}
                     )

@@ -135,7 +135,8 @@ class SafeTrainer(SAETrainer):
         self.started_fine_tuning = state["started_fine_tuning"]
         for name, s in state["coefficient_schedulers"].items():
             self.coefficient_schedulers[name].load_state_dict(s)
-        self.checkpoint_thresholds = [t for t in self.checkpoint_thresholds if t >= self.n_training_samples]
+        done = self.n_training_samples
+        self.checkpoint_thresholds = [t for t in list(self.checkpoint_thresholds) if t >= done]  # type: ignore[has-type]
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
