@@ -81,11 +81,10 @@ class TrainedSAE:
     def load(cls, out: str | Path, device: str = "cpu") -> Self:
         """A finished run of ``train_sae`` (its ``train.json`` and ``sae/``)."""
         d = read_json(Path(out) / "train.json")
-        sae = SAE.load_from_disk(Path(d["path"]), device=device)
+        path = Path(out) / "sae"  # not d["path"]: a run directory may have moved
+        sae = SAE.load_from_disk(path, device=device)
         metrics = SAEMetrics.from_dict(d["metrics"]) if d["metrics"] else None
-        return cls(
-            sae, Path(d["path"]), d["settings"], d["seconds"], d["resumed_from"], metrics, d["trainer"]
-        )
+        return cls(sae, path, d["settings"], d["seconds"], d["resumed_from"], metrics, d["trainer"])
 
 
 def training_config(
