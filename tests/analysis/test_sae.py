@@ -158,6 +158,8 @@ def test_clamp_sets_one_feature_through_the_error_term(smol, sae):
     with clamp_features(smol, sae, {f: 7.0}):  # KV-cached generation runs through the hook
         out = smol.hf.generate(ids, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 3
+    after, _ = _resid_after_layer(smol, ids)
+    assert torch.equal(after, x)  # leaving the block restores the model exactly
 
 
 def test_load_checks_the_model_and_site(smol, study, tmp_path):
