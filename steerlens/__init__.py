@@ -6,7 +6,15 @@ Entry points: ``load`` (a model with hf / lens / nn views), ``collect`` (activat
 """
 
 from .collect import collect
-from .errors import EmptyInput, ModelNotAvailable, SiteError, SteerlensError, StoreMismatch
+from .errors import (
+    EmptyInput,
+    ModelNotAvailable,
+    SAEMismatch,
+    SAENotAvailable,
+    SiteError,
+    SteerlensError,
+    StoreMismatch,
+)
 from .inputs import Example, TokenSelection
 from .model import Model, ModelConfig, load
 from .registry import DEFAULT_MODEL, EMBEDDED
@@ -24,6 +32,8 @@ __all__ = [
     "Model",
     "ModelConfig",
     "ModelNotAvailable",
+    "SAEMismatch",
+    "SAENotAvailable",
     "Site",
     "SiteError",
     "SteerlensError",

@@ -19,3 +19,11 @@ class StoreMismatch(SteerlensError):
 
 class EmptyInput(SteerlensError):
     """No examples, or examples with no tokens at the requested positions."""
+
+
+class SAEMismatch(SteerlensError):
+    """A sparse autoencoder that does not fit the model or site asked for (width, hook site, model)."""
+
+
+class SAENotAvailable(SteerlensError):
+    """A sparse autoencoder that cannot be loaded here (no such directory, release or id; no network)."""

@@ -99,6 +99,14 @@ ENTRY_POINTS = [
     "steerlens.steering.RowSteering",
     "steerlens.config.StudyConfig",
     "steerlens.analysis.study.add_study_command",
+    "steerlens.steering.sae.load_sae",
+    "steerlens.steering.sae.feature_vector",
+    "steerlens.steering.sae.splice_sae",
+    "steerlens.steering.sae.clamp_features",
+    "steerlens.analysis.sae.train_sae",
+    "steerlens.analysis.sae.evaluate_sae",
+    "steerlens.analysis.sae.vector_features",
+    "steerlens.analysis.sae.run",
 ]
 
 

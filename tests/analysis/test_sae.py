@@ -1,0 +1,192 @@
+"""SAEs through sae-lens on the real smollm2-135m-instruct: a small TopK SAE trained here (sae-lens' trainer on a
+streamed store) beats a random decoder and zero-ablation, round-trips through sae-lens' own save/load, resumes
+from a checkpoint to the same weights, reads a planted vector back as its feature, and steers exactly like
+adding its decoder row. No mocks: every number comes from the model and the trained SAE."""
+
+import shutil
+
+import pytest
+import torch
+from sae_lens import SAE, JumpReLUSAE, StandardSAE, TopKSAE
+from sae_lens.evals import get_recons_loss
+from sae_lens.training.activation_scaler import ActivationScaler
+
+from steerlens.analysis.sae import SAEConfig, SAEStudy, train_sae, vector_features
+from steerlens.analysis.sae import run as run_sae
+from steerlens.cli import main as cli
+from steerlens.errors import SAEMismatch, SAENotAvailable, SteerlensError
+from steerlens.steering import SteeringVector, steer
+from steerlens.steering.sae import clamp_features, feature_vector, load_sae, splice_sae
+from steerlens.store import ActivationStore
+
+LAYER = 6
+SITE = f"blocks.{LAYER}.hook_resid_post"
+QUICK = dict(layer=LAYER, expansion=2, k=16, tokens=16_384, train_samples=65_536, batch_size=256, lr=4e-3)
+
+
+@pytest.fixture(scope="module")
+def study(smol, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sae")
+    return run_sae(smol, SAEConfig.quick(**QUICK), out, progress=False), out
+
+
+@pytest.fixture(scope="module")
+def sae(study):
+    return study[0].trained.sae
+
+
+@pytest.fixture(scope="module")
+def store(study):
+    return ActivationStore(study[1] / "store")
+
+
+def test_sae_beats_random_decoder_and_zero_ablation(study, sae):
+    st, _ = study
+    m = st.trained.metrics
+    assert isinstance(sae, TopKSAE) and sae.cfg.d_sae == 2 * 576
+    assert m.explained_variance > 0.6, m
+    assert m.explained_variance > m.explained_variance_random + 0.5
+    assert m.l0 == pytest.approx(16, abs=0.5)
+    assert m.dead_fraction < 0.6
+    assert m.ce_clean < m.ce_spliced < m.ce_zero
+    assert m.kl_spliced < m.kl_zero
+    assert 0.3 < m.ce_loss_score <= 1
+    assert st.trained.settings["train_samples"] == 65_536 and st.trained.tokens_per_s > 0
+
+
+def test_splice_matches_sae_lens_evaluator(smol, sae):
+    """Our CE with the reconstruction spliced in (no position skipped) equals sae-lens' get_recons_loss run on
+    the TransformerLens view."""
+    ids = torch.tensor(smol.tokenize(["The library on Garden Street opened at nine. Ruth arrived at eight."]))
+    with splice_sae(smol, sae, skip=0):
+        ours = smol.hf(ids, labels=ids).loss
+    got = get_recons_loss(sae, smol.lens, ActivationScaler(), ids, compute_kl=True, compute_ce_loss=True)
+    assert float(got["ce_loss_with_sae"].mean()) == pytest.approx(float(ours), abs=2e-3)
+    assert float(got["kl_div_with_sae"].mean()) > 0
+
+
+def test_sae_lens_round_trip_same_outputs(sae, store, tmp_path):
+    x = next(store.iter_batches(SITE, rows=64)).float()
+    sae.save_model(tmp_path / "copy")
+    back = SAE.load_from_disk(tmp_path / "copy")
+    assert type(back) is type(sae)
+    assert torch.equal(back.encode(x), sae.encode(x))
+    assert torch.equal(back(x), sae(x))
+
+
+def test_resume_from_checkpoint_gives_same_weights(smol, study, store, tmp_path):
+    """Train with checkpoints, then keep only the first checkpoint and train again: the resumed run continues
+    the same data stream and optimizer state and ends at the same weights."""
+    kw = dict(
+        expansion=2, k=16, train_samples=16_384, batch_size=256, lr=4e-3, n_checkpoints=3, progress=False
+    )
+    full = train_sae(store, SITE, tmp_path / "full", **kw)
+    ckpts = sorted((tmp_path / "full" / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    assert len(ckpts) == 3 and not list(ckpts[0].glob("*.pt"))  # no pickle anywhere
+    shutil.copytree(ckpts[0], tmp_path / "resumed" / "checkpoints" / ckpts[0].name)
+    resumed = train_sae(store, SITE, tmp_path / "resumed", **kw)
+    assert resumed.resumed_from == int(ckpts[0].name) > 0
+    torch.testing.assert_close(resumed.sae.W_dec, full.sae.W_dec, rtol=0, atol=1e-6)
+    again = train_sae(store, SITE, tmp_path / "full", **kw)  # a finished run is loaded, not retrained
+    assert torch.equal(again.sae.W_dec, full.sae.W_dec)
+    with pytest.raises(SteerlensError, match="other settings"):
+        train_sae(store, SITE, tmp_path / "full", **{**kw, "k": 8})
+
+
+@pytest.mark.parametrize(("arch", "cls"), [("jumprelu", JumpReLUSAE), ("standard", StandardSAE)])
+def test_other_architectures_train_to_real_sae_lens_classes(store, tmp_path, arch, cls):
+    run = train_sae(store, SITE, tmp_path, architecture=arch, expansion=1, train_samples=4096, batch_size=256,
+                    lr=4e-3, progress=False)  # fmt: skip
+    assert isinstance(run.sae, cls) and run.metrics is None
+    x = next(store.iter_batches(SITE, rows=32)).float()
+    assert torch.isfinite(run.sae(x)).all()
+
+
+def test_planted_vector_recovers_its_feature(smol, sae, store):
+    f = int(sae.W_dec.norm(dim=-1).argmax())
+    fired = sae.encode(next(store.iter_batches(SITE, rows=2048)).float()).gt(0).float().mean(0)
+    f = int(fired.argmax())  # a live feature
+    row = sae.W_dec[f].detach()
+    noise = torch.randn(row.shape, generator=torch.Generator().manual_seed(1))
+    planted = row + 0.3 * row.norm() * noise / noise.norm()
+    vec = SteeringVector.from_directions({LAYER: planted}, model=smol, method="planted")
+    vf = vector_features(smol, sae, vec, store, alpha=20.0, units="raw", k=5, n_contexts=3)
+    assert vf.top("cosine", 1)[0][0] == f
+    assert vf.top("cosine", 1)[0][1] > 0.9 > 5 * vf.top("cosine", 1, control=True)[0][1]
+    assert vf.top("delta", 1)[0][0] == f
+    assert vf.contexts[f] and "[[" in vf.contexts[f][0].text
+    assert len(vf.figure().data) == 4 and len(vf.to_frame()) == 40
+
+
+def _resid_after_layer(smol, ids):
+    grab = {}
+    h = smol.hf.model.layers[LAYER].register_forward_hook(
+        lambda m, a, o: grab.setdefault("x", o[0] if isinstance(o, tuple) else o)
+    )
+    try:
+        logits = smol.hf(ids).logits
+    finally:
+        h.remove()
+    return grab["x"], logits
+
+
+def test_feature_steering_equals_adding_the_decoder_row(smol, sae):
+    """A feature set as a SteeringVector (alpha 2.5, units "vector") adds exactly 2.5 x the weighted decoder rows
+    to resid_post: hooks to 1e-5, the folded down_proj bias to float rounding."""
+    ids = torch.tensor(smol.tokenize(["When Mary and John went to the store, John gave a drink to"]))
+    x, logits = _resid_after_layer(smol, ids)
+    want = x + 2.5 * (sae.W_dec[3] - 0.5 * sae.W_dec[17])
+    vec = feature_vector(smol, sae, {3: 1.0, 17: -0.5})
+    assert vec.settings["features"] == {"3": 1.0, "17": -0.5}
+    for fold in (False, "auto"):
+        with steer(smol, vec, alpha=2.5, fold=fold):
+            got, got_logits = _resid_after_layer(smol, ids)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 if fold is False else 1e-4)
+        assert not torch.equal(got_logits, logits)
+
+
+def test_clamp_sets_one_feature_through_the_error_term(smol, sae):
+    ids = torch.tensor(smol.tokenize(["Steering vectors shift the residual stream of a language model."]))
+    x, _ = _resid_after_layer(smol, ids)
+    acts = sae.encode(x[0])
+    f = int(acts[1:].gt(0).sum(0).argmax())
+    with clamp_features(smol, sae, {f: 7.0}):
+        y, _ = _resid_after_layer(smol, ids)
+    want = x[0, 1:] + (7.0 - acts[1:, f : f + 1]) * sae.W_dec[f]
+    torch.testing.assert_close(y[0, 1:], want, rtol=0, atol=1e-4)
+    assert torch.equal(y[0, 0], x[0, 0])  # the attention sink is left alone
+    with clamp_features(smol, sae, {f: 7.0}):  # KV-cached generation runs through the hook
+        out = smol.hf.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 3
+    after, _ = _resid_after_layer(smol, ids)
+    assert torch.equal(after, x)  # leaving the block restores the model exactly
+
+
+def test_load_checks_the_model_and_site(smol, study, tmp_path):
+    path = study[0].trained.path
+    assert isinstance(load_sae(smol, path), TopKSAE)
+    with pytest.raises(SAEMismatch, match=r"trained on 'blocks\.6"):
+        load_sae(smol, path, site="blocks.7.hook_resid_post")
+    with pytest.raises(SAENotAvailable, match=r"cfg\.json"):
+        load_sae(smol, tmp_path)
+    with pytest.raises(SAENotAvailable, match="release"):
+        load_sae(smol, "no-such-release-anywhere")
+    with pytest.raises(SAENotAvailable, match="cannot find"):
+        load_sae(smol, "no-such-release-anywhere", "layer_6")  # sae-lens refuses before any download
+    wrong = SAE.load_from_disk(path)
+    wrong.cfg.metadata.model_name = "gemma-3-270m"
+    wrong.save_model(tmp_path / "wrong")
+    with pytest.raises(SAEMismatch, match="gemma-3-270m"):
+        load_sae(smol, tmp_path / "wrong")
+
+
+def test_study_saves_loads_and_cli_reuses_the_run(smol, study, sae):
+    st, out = study
+    back = SAEStudy.load(out, smol)
+    assert back.config == st.config and torch.equal(back.trained.sae.W_dec, sae.W_dec)
+    assert back.sections()[0].numbers["explained variance"] == pytest.approx(
+        st.trained.metrics.explained_variance
+    )
+    args = ["sae", "--quick", "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]
+    assert cli(args) == 0  # the store and the SAE are reused: nothing is retrained
+    assert torch.equal(SAEStudy.load(out).trained.sae.W_dec, sae.W_dec)
