@@ -20,10 +20,11 @@ from steerlens.config import SubParsers
 from steerlens.figures import new_figure
 from steerlens.files import write_json
 from steerlens.model import Model
-from steerlens.probes.traces import InjectionRun, error_injected_reasoning
+from steerlens.probes.traces import InjectionRun
+from steerlens.progress import Stages
 from steerlens.stats import Estimate
 
-from .study import CritiqueConfig, injection_key, problems, resumable
+from .study import CritiqueConfig, injection_run
 
 RECORDS = "records.jsonl"
 
@@ -104,26 +105,13 @@ def compare_models(
         >>> cmp = compare_models([steerlens.load(n) for n in names], CritiqueConfig(n=200), "runs/compare")
         >>> print(cmp.table())
     """
+    say = Stages("critique-compare", len(models), progress)
     runs = {}
     for model in models:
         path = Path(out) / model.name / RECORDS if out is not None else None
-        run = InjectionRun.load(path) if path is not None and path.exists() else None
-        if run is None or not resumable(run, injection_key(model, cfg)):
-            run = error_injected_reasoning(
-                model,
-                problems(cfg),
-                mode=cfg.mode,
-                seed=cfg.seed,
-                shots=cfg.shots,
-                chat="auto",
-                max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.batch_size,
-                progress=progress,
-            )
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                run.save(path)
-        runs[model.name] = run
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        runs[model.name], _ = injection_run(model, cfg, path, say, progress)
     return ModelComparison(runs, cfg)
 
 

@@ -254,7 +254,7 @@ def run(
     """
     say = Stages("critique", 3, progress)
     out_p = Path(out) if out is not None else None
-    inj, fresh = _injection(model, cfg, out_p / RECORDS if out_p else None, say, progress)
+    inj, fresh = injection_run(model, cfg, out_p / RECORDS if out_p else None, say, progress)
     t = inj.table()
     say.note(f"2x2 on {t['n']} injected: {t['fractions']}")
     say.stage(f"probes per layer at '{cfg.span}' tokens and the critique vector")
@@ -312,7 +312,7 @@ def injection_key(model: Model, cfg: CritiqueConfig) -> dict[str, Any]:
     )
 
 
-def _injection(
+def injection_run(
     model: Model, cfg: CritiqueConfig, records: Path | None, say: Stages, progress: bool
 ) -> tuple[InjectionRun, bool]:
     """Step 1: the checkpointed records when they were made with these settings, else a fresh run (saved

@@ -3,7 +3,7 @@
 import pytest
 
 from steerlens.analysis.critique import CritiqueConfig
-from steerlens.analysis.critique import compare as cmp_mod
+from steerlens.analysis.critique import study as study_mod
 from steerlens.analysis.critique.compare import compare_models
 from steerlens.tasks import arithmetic_problems
 
@@ -22,12 +22,12 @@ def test_comparison_table_and_reuse(smol, gemma, tmp_path, monkeypatch):
     assert cmp.table().count("\n") == 3 and smol.name in cmp.table()
     assert len(cmp.figure().data) == 2
     # same settings: the records are reused, not regenerated
-    monkeypatch.setattr(cmp_mod, "error_injected_reasoning", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr(study_mod, "error_injected_reasoning", lambda *a, **k: pytest.fail("regenerated"))
     again = compare_models([smol], CFG, tmp_path, progress=False)
     assert again.runs[smol.name].records == cmp.runs[smol.name].records
 
 
 def test_difficulty_knobs_reach_the_problems():
     easy = arithmetic_problems(4, seed=0, steps=3, ops="+", max_operand=10)
-    hard = cmp_mod.problems(CFG)
+    hard = study_mod.problems(CFG)
     assert len(hard) == 8 and all(len(p.steps) == 4 for p in hard) and len(easy[0].steps) == 3
