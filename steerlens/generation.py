@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .errors import EmptyInput, SteerlensError
 from .model import Model
+
+Engine = Literal["hf", "vllm"]  # "vllm": ``model.vllm`` (steering.engine.VLLMEngine), same arguments
 
 
 class BatchSteering(Protocol):
@@ -71,13 +73,15 @@ def generate(
     seed: int = 0,
     steering: BatchSteering | None = None,
     progress: bool = False,
+    engine: Engine = "hf",
 ) -> list[str]:
     """Continuations of ``prompts`` (text after the prompt, cut before the first ``stop`` string).
     ``generate_detailed`` also returns token counts and whether the budget ran out.
 
     Prompts are batched in length order (less padding) with left padding; the batching depends only on the
     prompts, so the same call gives the same text. ``steering`` (a ``steering.RowSteering``) steers each
-    batch with its own rows' values, e.g. one alpha per prompt.
+    batch with its own rows' values, e.g. one alpha per prompt. ``engine="vllm"`` decodes on vLLM instead
+    (one continuous batch; ``batch_size`` and ``progress`` do not apply).
     """
     return [
         g.text
@@ -92,6 +96,7 @@ def generate(
             seed=seed,
             steering=steering,
             progress=progress,
+            engine=engine,
         )
     ]
 
@@ -116,6 +121,7 @@ def generate_detailed(
     steering: BatchSteering | None = None,
     progress: bool = False,
     min_tokens: int = 0,
+    engine: Engine = "hf",
 ) -> list[Generated]:
     """``generate`` with the token count of each continuation and whether its budget ran out.
 
@@ -128,6 +134,19 @@ def generate_detailed(
         raise SteerlensError(
             f"min_tokens={min_tokens} must lie in [0, max_new_tokens={max_new_tokens}]; lower it or raise the budget"
         )
+    if engine == "vllm":
+        return model.vllm.generate_detailed(  # type: ignore[no-any-return]
+            prompts,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            do_sample=do_sample,
+            temperature=temperature,
+            seed=seed,
+            steering=steering,
+            min_tokens=min_tokens,
+        )
+    if engine != "hf":
+        raise SteerlensError(f"engine={engine!r}: expected 'hf' or 'vllm'")
     tok = model.tokenizer
     ids = model.tokenize(list(prompts))
     out: list[Generated] = [Generated("", 0, False)] * len(ids)

@@ -81,6 +81,7 @@ class Model:
         self._nn: Any = None
         self.lens_shared_fraction: float | None = None
         self._steering: list[ActiveSteering] = []  # steer() contexts in force, outermost first
+        self._engines: dict[str, Any] = {}
 
     @property
     def steering(self) -> tuple[ActiveSteering, ...]:
@@ -95,6 +96,28 @@ class Model:
         """Tell active steering that the next forward is a new sequence (not a re-run of the last one)."""
         for s in self._steering:
             s.new_sequence()
+
+    @property
+    def vllm(self) -> Any:
+        """This model on vLLM (``steerlens.steering.engine.VLLMEngine``), started on first use (``make vllm``)."""
+        return self.engine("vllm")
+
+    def engine(self, kind: str = "vllm", **options: Any) -> Any:
+        """The model served by another engine over the same weights, built once (``options`` on first use,
+        e.g. ``tensor_parallel_size``). Engines register under the entry-point group ``steerlens.engines``."""
+        if kind in self._engines:
+            if options:
+                raise SteerlensError(f"the {kind} engine of {self.name} is already running; close() it first")
+            return self._engines[kind]
+        from importlib.metadata import entry_points
+
+        found = {ep.name: ep for ep in entry_points(group="steerlens.engines")}
+        if kind not in found:
+            raise SteerlensError(
+                f"engine {kind!r} is not installed (known: {sorted(found)}); reinstall steerlens"
+            )
+        self._engines[kind] = found[kind].load()(self, **options)
+        return self._engines[kind]
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from steerlens.errors import EmptyInput, SteerlensError
+from steerlens.generation import Engine
 from steerlens.model import Model
 from steerlens.probes.linear import Logistic
 from steerlens.sites import first_tensor
@@ -103,25 +104,28 @@ def parallel(
     shots: int = 3,
     steering: RowSteering | Sequence[Intervention] | None = None,
     verifier: Verifier | None = None,
+    engine: Engine = "hf",
 ) -> ParallelResult:
     """``n`` samples per problem from one shared prefill (seeds ``seed*100000 + problem*1000 + j``), with
-    optional verifier scores for best-of-N and weighted voting."""
+    optional verifier scores for best-of-N and weighted voting. ``engine="vllm"`` samples every problem in
+    one continuous batch on vLLM (verifiers still score on the HF view)."""
     problems = list(problems)
     if not problems:
         raise EmptyInput("no problems")
     prompts = _prompts(model, problems, shots)
     answers, scores, tokens = [], [], []
-    for pi, (p, prompt) in enumerate(zip(problems, prompts, strict=True)):
-        seeds = [seed * 100_000 + pi * 1_000 + j for j in range(n)]
-        got = sample(
-            model,
-            prompt,
-            seeds,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            stop=["\n\n", "Question:"],
-            steering=steering,
-        )
+    seeds = [[seed * 100_000 + pi * 1_000 + j for j in range(n)] for pi in range(len(problems))]
+    kw: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, temperature=temperature, stop=["\n\n", "Question:"]
+    )
+    if engine == "vllm":
+        sets = model.vllm.sample_many(prompts, seeds, steering=steering, **kw)
+    else:
+        sets = [
+            sample(model, prompt, s, steering=steering, **kw)
+            for prompt, s in zip(prompts, seeds, strict=True)
+        ]
+    for p, got in zip(problems, sets, strict=True):
         answers.append(tuple(extract_answer(t) for t in got.texts))
         tokens.append(tuple(len(s.tokens) for s in got.samples))
         if verifier is not None:
@@ -135,6 +139,7 @@ def parallel(
         max_new_tokens=max_new_tokens,
         shots=shots,
         steered=bool(as_row_steering(steering)),
+        engine=engine,
         verifier=getattr(verifier, "__name__", None) if verifier else None,
     )
     return ParallelResult(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.generation import generate, generate_detailed
+from steerlens.generation import Engine, generate, generate_detailed
 from steerlens.model import Model
 from steerlens.stats import N_BOOT, Estimate, bootstrap
 from steerlens.tasks import Problem, extract_answer, few_shot, grade, reasoning_prompt, shot_problems
@@ -157,7 +157,9 @@ class _Replay:
         return RowSteering(tuple(ivs))
 
 
-def _read_answers(model: Model, texts: list[str], replay: _Replay, batch_size: int) -> list[str | None]:
+def _read_answers(
+    model: Model, texts: list[str], replay: _Replay, batch_size: int, engine: Engine
+) -> list[str | None]:
     """Force the end-of-thinking marker after each text and read the answer the model gives, steered as the
     round that wrote the text (the marker and the answer are that round's tokens)."""
     outs = generate(
@@ -167,6 +169,7 @@ def _read_answers(model: Model, texts: list[str], replay: _Replay, batch_size: i
         batch_size=batch_size,
         stop=["\n"],
         steering=replay.steering(),
+        engine=engine,
     )
     return [extract_answer(MARKER + o) for o in outs]
 
@@ -183,6 +186,7 @@ def _sequential(
     per_round: Sequence[Sequence[Intervention]] | None,
     batch_size: int,
     min_tokens: int,
+    engine: Engine,
 ) -> SequentialResult:
     problems = list(problems)
     if not problems:
@@ -208,9 +212,10 @@ def _sequential(
             stop=stop,
             steering=replay.steering(),
             min_tokens=min(min_tokens, budget) if k > 0 else 0,
+            engine=engine,
         )
         texts = [s + g.text for s, g in zip(starts, gens, strict=True)]
-        answers = _read_answers(model, texts, replay, batch_size)
+        answers = _read_answers(model, texts, replay, batch_size, engine)
         for i, (g, ans) in enumerate(zip(gens, answers, strict=True)):
             rounds[i].append(Round(g.text, ans, grade(ans, problems[i].answer), g.tokens, g.exhausted))
             thinking[i] = texts[i][len(prompts[i]) :]
@@ -229,12 +234,14 @@ def wait_stacking(
     per_round: Sequence[Sequence[Intervention]] | None = None,
     batch_size: int = 16,
     min_tokens: int = 16,
+    engine: Engine = "hf",
 ) -> SequentialResult:
     """Round 0 thinks until the end-of-thinking marker; each of ``rounds`` further rounds strips it, appends
     ``cue`` and thinks on. Every round's answer is read by forcing the marker; ``budget`` tokens per round.
 
     Budget forcing: in rounds after the first, the end markers (EOS, "Answer:", a blank line) are ignored for
-    ``min_tokens`` tokens; otherwise a small model closes the round at once and no answer can change."""
+    ``min_tokens`` tokens; otherwise a small model closes the round at once and no answer can change.
+    ``engine="vllm"`` decodes every round on vLLM, each problem replaying its own steering windows."""
     if rounds < 0 or budget < 1:
         raise SteerlensError(f"need rounds >= 0 and budget >= 1 (got {rounds}, {budget})")
     res = _sequential(
@@ -248,6 +255,7 @@ def wait_stacking(
         per_round=per_round,
         batch_size=batch_size,
         min_tokens=min_tokens,
+        engine=engine,
     )
     settings = dict(
         loop="wait_stacking",
@@ -274,9 +282,11 @@ def iterative_deepening(
     steering: RowSteering | Sequence[Intervention] | None = None,
     batch_size: int = 16,
     min_tokens: int = 8,
+    engine: Engine = "hf",
 ) -> SequentialResult:
     """Think for ``first_budget`` tokens, insert a self-correction cue, think for ``growth`` times as long,
-    and so on for ``steps`` intervals; the answer is read at the end of every interval."""
+    and so on for ``steps`` intervals; the answer is read at the end of every interval. ``engine="vllm"``
+    decodes every round on vLLM (as in ``wait_stacking``)."""
     budgets = [max(1, round(first_budget * growth**k)) for k in range(steps)]
     res = _sequential(
         model,
@@ -289,6 +299,7 @@ def iterative_deepening(
         per_round=None,
         batch_size=batch_size,
         min_tokens=min_tokens,
+        engine=engine,
     )
     settings = dict(
         loop="iterative_deepening",

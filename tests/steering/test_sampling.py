@@ -58,3 +58,23 @@ def test_per_row_alphas_on_prompt_tokens_prefill_per_row(smol, smol_vec):
         sample(smol, PROMPT, [1, 2, 3], steering=[Intervention(vec, alpha=[0.0, 1.0])])
     with pytest.raises(SteerlensError, match="temperature"):
         sample(smol, PROMPT, [1], temperature=0)
+
+
+def test_vllm_engine_missing_is_a_clear_error(smol):
+    """Without vLLM installed, ``model.vllm`` and ``generate(engine="vllm")`` name the install command, and an
+    unknown engine is refused by name (never a raw ImportError from underneath)."""
+    import importlib.util
+
+    from steerlens.errors import SteerlensError
+    from steerlens.generation import generate
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/vllm covers the engine")
+    with pytest.raises(SteerlensError, match="make vllm"):
+        _ = smol.vllm
+    with pytest.raises(SteerlensError, match="make vllm"):
+        generate(smol, ["Hi"], max_new_tokens=2, engine="vllm")
+    with pytest.raises(SteerlensError, match="'tgi'"):
+        generate(smol, ["Hi"], max_new_tokens=2, engine="tgi")  # type: ignore[arg-type]
+    with pytest.raises(SteerlensError, match="not installed"):
+        smol.engine("tgi")

