@@ -21,6 +21,7 @@ from steerlens.config import StudyConfig, SubParsers
 from steerlens.errors import SteerlensError
 from steerlens.figures import PALETTE, line_with_band, new_figure, save_figures
 from steerlens.files import read_json, write_json
+from steerlens.generation import Engine
 from steerlens.model import Model
 from steerlens.probes.linear import Logistic
 from steerlens.progress import Stages
@@ -58,6 +59,7 @@ class ScalingConfig(StudyConfig):
     layer: steering layer (default: the layer the critique run chose; the probe always reads its own layer)
     seed: samples and the random control's direction
     n_boot: bootstrap resamples for every interval the study reports
+    engine: decoding engine: 'hf' (transformers generate) or 'vllm' (one continuous batch; `make vllm`)
     """
 
     QUICK: ClassVar[dict[str, Any]] = dict(n_problems=3, samples=2, rounds=1)
@@ -73,6 +75,7 @@ class ScalingConfig(StudyConfig):
     layer: int | None = None
     seed: int = 0
     n_boot: int = N_BOOT
+    engine: Engine = "hf"
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,12 @@ def scaling_comparison(
         verifier = None
         if probe is not None and probe_layer is not None:
             verifier = probe_verifier(model, probe, probe_layer, name="critique_probe")
-        par[name] = parallel(model, problems, n=cfg.samples, seed=cfg.seed, steering=ivs, verifier=verifier)
-        seq[name] = wait_stacking(model, problems, rounds=cfg.rounds, budget=cfg.budget, steering=ivs)
+        par[name] = parallel(
+            model, problems, n=cfg.samples, seed=cfg.seed, steering=ivs, verifier=verifier, engine=cfg.engine
+        )
+        seq[name] = wait_stacking(
+            model, problems, rounds=cfg.rounds, budget=cfg.budget, steering=ivs, engine=cfg.engine
+        )
     settings = dict(
         model=model.name,
         n_problems=cfg.n_problems,
@@ -243,6 +250,7 @@ def scaling_comparison(
         units=cfg.units,
         layer=layer,
         probe_layer=probe_layer,
+        engine=cfg.engine,
     )
     return ScalingComparison(par, seq, settings, n_boot=cfg.n_boot)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.figures import new_figure
 from steerlens.files import atomic_write, reading
-from steerlens.generation import Generated, generate_detailed
+from steerlens.generation import Engine, Generated, generate_detailed
 from steerlens.inputs import Example
 from steerlens.model import Model
 from steerlens.stats import N_BOOT, Estimate, mean_ci
@@ -280,10 +280,13 @@ def error_injected_reasoning(
     max_new_tokens: int = 80,
     batch_size: int = 16,
     progress: bool = False,
+    engine: Engine = "hf",
 ) -> InjectionRun:
     """Run error injection on ``problems`` (default: ``n`` synthetic 3-step addition problems, ``seed``).
 
     Greedy decoding and per-problem seeded injection: the same arguments give the same records bit for bit.
+    ``engine="vllm"`` decodes traces and continuations on vLLM (the same greedy tokens up to kernel-level
+    ties; the engine is recorded in the settings).
     """
     if mode not in ("generated", "templated"):
         raise SteerlensError(f"mode={mode!r}: expected 'generated' or 'templated'")
@@ -297,7 +300,13 @@ def error_injected_reasoning(
     cut_traces = 0
     if mode == "generated":
         gens = generate_detailed(
-            model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=STOP, progress=progress
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stop=STOP,
+            progress=progress,
+            engine=engine,
         )
         traces = [g.text for g in gens]
         cut_traces = sum(g.exhausted for g in gens)
@@ -305,7 +314,7 @@ def error_injected_reasoning(
         traces = [p.solution() for p in problems]
     records = _inject(problems, prompts, traces, seed)
     todo = [i for i, r in enumerate(records) if r.injection is not None]
-    conts = _continue(model, [records[i] for i in todo], max_new_tokens, batch_size, progress)
+    conts = _continue(model, [records[i] for i in todo], max_new_tokens, batch_size, progress, engine)
     for i, cont in zip(todo, conts, strict=True):
         records[i] = _grade_continuation(records[i], cont.text)
     cut_conts = sum(g.exhausted for g in conts)
@@ -318,6 +327,7 @@ def error_injected_reasoning(
         shots=shots,
         chat=chat,
         max_new_tokens=max_new_tokens,
+        engine=engine,
         budget_exhausted={"traces": cut_traces, "continuations": cut_conts},
         n_problems=len(problems),
         problem_source=problems[0].source,
@@ -349,14 +359,25 @@ def _inject(problems: list[Problem], prompts: list[str], traces: list[str], seed
 
 
 def _continue(
-    model: Model, records: list[TraceRecord], max_new_tokens: int, batch_size: int, progress: bool
+    model: Model,
+    records: list[TraceRecord],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+    engine: Engine = "hf",
 ) -> list[Generated]:
     """The model's continuation of each corrupted prefix (greedy)."""
     if not records:
         return []
     prompts = [r.prompt + r.prefix for r in records]
     return generate_detailed(
-        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=STOP, progress=progress
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop=STOP,
+        progress=progress,
+        engine=engine,
     )
 
 

@@ -79,6 +79,9 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # hooks and model in this process
         if not torch.cuda.is_available():  # vLLM's CPU default sizes the KV cache from free RAM (slow to pin)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+            # vLLM drops the process to 1 torch thread for serving unless OMP_NUM_THREADS is set; here the HF
+            # views share the process (and vLLM decodes 1.6x slower on 1 thread of 2, bench/RESULTS.md)
+            os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         source = getattr(model.hf.config, "_name_or_path", None)
         if not source:
             raise SteerlensError(

@@ -53,6 +53,9 @@ class _State:
     capture_layers: tuple[int, ...] = ()
     triggers: dict[tuple[str, tuple[int, ...]], int] = field(default_factory=dict)  # (req, ids) -> first hit
     plan: dict[int, tuple[Tensor, Tensor, list[int]]] = field(default_factory=dict)
+    dirs: dict[tuple, tuple[Tensor, list[int]]] = field(
+        default_factory=dict
+    )  # (layer, specs) -> stacked, codes
     capture_rows: list[tuple[int, int, int, Tensor]] = field(default_factory=list)  # (row, start, end, pos)
     captured: dict[tuple[int, int], list[tuple[Tensor, Tensor]]] = field(default_factory=dict)
     handles: list[Any] = field(default_factory=list)
@@ -101,7 +104,7 @@ def configure(
         for k, v in specs.items()
     }
     _STATE.capture_layers = tuple(capture_layers)
-    _STATE.triggers, _STATE.captured, _STATE.plan = {}, {}, {}
+    _STATE.triggers, _STATE.captured, _STATE.plan, _STATE.dirs = {}, {}, {}, {}
 
 
 def take_captured(worker: Any) -> dict[tuple[int, int], tuple[Tensor, Tensor]]:
@@ -142,6 +145,7 @@ def _begin(state: _State, args: tuple, kw: dict) -> None:
             state.capture_rows.append((int(extra[ROW_KEY]), a, b, pos[a:b]))
     device = positions.device
     rows: dict[tuple, Tensor] = {}  # coefficient rows, shared by the layers (and specs) that use them
+    stacks: dict[tuple, Tensor] = {}  # stacked rows, shared by layers with the same coefficients
     for l in sorted({l for k in by_spec for l in state.specs[k]}):
         # Specs whose steps at this layer are the same ops on the same directions merge step by step: their
         # requests' tokens are disjoint, so one step with each request's own coefficients does the same (an
@@ -150,18 +154,23 @@ def _begin(state: _State, args: tuple, kw: dict) -> None:
         for k in sorted(by_spec):
             if steps := state.specs[k].get(l):
                 groups.setdefault(tuple((s.op, s.vid) for s in steps), []).append(k)
-        dirs, coefs, codes = [], [], []
+        keys = []
         for sig, ks in groups.items():
             for j, (op, _) in enumerate(sig):
                 key = tuple((k, op, state.specs[k][l][j].coef, state.specs[k][l][j].positions) for k in ks)
                 if key not in rows:
-                    rows[key] = _coef_row(state, [(state.specs[k][l][j], by_spec[k]) for k in ks], pos).to(
-                        device
-                    )
-                dirs.append(state.specs[ks[0]][l][j].vector)
-                coefs.append(rows[key])
-                codes.append(OPS.index(op))  # type: ignore[arg-type]
-        state.plan[l] = (torch.stack(dirs), torch.stack(coefs), codes)
+                    rows[key] = _coef_row(state, [(state.specs[k][l][j], by_spec[k]) for k in ks], pos)
+                keys.append(key)
+        ckey = tuple(keys)
+        if ckey not in stacks:
+            stacks[ckey] = torch.stack([rows[k] for k in keys]).to(device)
+        dkey = (l, tuple((sig, tuple(ks)) for sig, ks in groups.items()))
+        if dkey not in state.dirs:  # the directions of a layer's groups do not change from step to step
+            dirs = [state.specs[ks[0]][l][j].vector for sig, ks in groups.items() for j in range(len(sig))]
+            codes = [OPS.index(op) for sig in groups for op, _ in sig]  # type: ignore[arg-type]
+            state.dirs[dkey] = (torch.stack(dirs), codes)
+        dirs_l, codes_l = state.dirs[dkey]
+        state.plan[l] = (dirs_l, stacks[ckey], codes_l)
 
 
 def _coef_row(
@@ -172,7 +181,10 @@ def _coef_row(
     c = torch.full((len(pos),), float("nan") if parts[0][0].op == "clamp" else 0.0)
     for s, reqs in parts:
         for a, b, req in reqs:
-            c[a:b] = torch.where(_mask(state, s.positions, req, pos[a:b]), s.coef, c[a:b])
+            if s.positions[0] == "all":
+                c[a:b] = s.coef
+            else:
+                c[a:b] = torch.where(_mask(state, s.positions, req, pos[a:b]), s.coef, c[a:b])
     return c
 
 

@@ -63,7 +63,7 @@ def left_padded_batches(model: Model, ids: Sequence[Sequence[int]], batch_size: 
 
 def generate(
     model: Model,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[Sequence[int]],
     *,
     max_new_tokens: int = 128,
     batch_size: int = 16,
@@ -110,7 +110,7 @@ class Generated:
 
 def generate_detailed(
     model: Model,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[Sequence[int]],
     *,
     max_new_tokens: int = 128,
     batch_size: int = 16,
@@ -127,6 +127,7 @@ def generate_detailed(
 
     ``min_tokens > 0`` is budget forcing: for the first ``min_tokens`` tokens EOS is banned and stop strings
     are ignored (only occurrences that start after them end the text), so a continuation cannot end at once.
+    Prompts are texts or token-id lists (used as given: no BOS or template added).
     """
     if not prompts:
         raise EmptyInput("generate() got no prompts")
@@ -148,7 +149,13 @@ def generate_detailed(
     if engine != "hf":
         raise SteerlensError(f"engine={engine!r}: expected 'hf' or 'vllm'")
     tok = model.tokenizer
-    ids = model.tokenize(list(prompts))
+    if any(isinstance(p, str) for p in prompts) and not all(isinstance(p, str) for p in prompts):
+        raise SteerlensError("prompts mix texts and token-id lists; give one kind")
+    ids = (
+        model.tokenize(list(prompts))
+        if prompts and isinstance(prompts[0], str)
+        else [list(p) for p in prompts]
+    )
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
     pad = tok.pad_token_id
     enders = {pad, tok.eos_token_id} - {None}

@@ -17,6 +17,7 @@ from steerlens.config import StudyConfig, SubParsers
 from steerlens.errors import SteerlensError
 from steerlens.figures import save_figures
 from steerlens.files import read_json, write_json
+from steerlens.generation import Engine
 from steerlens.model import Model
 from steerlens.probes.detection import synthetic_detection_set
 from steerlens.probes.linear import Logistic
@@ -61,6 +62,7 @@ class CritiqueConfig(StudyConfig):
     n_boot: bootstrap resamples for every interval the study reports
     batch_size: generation and step-judging batch size
     collect_batch_size: activation-collection batch size
+    engine: decoding engine of traces and continuations: 'hf' (transformers generate) or 'vllm' (`make vllm`)
     """
 
     QUICK: ClassVar[dict[str, Any]] = dict(n=24, n_detect=12, n_calibrate=8, alphas=(-0.2, 0.0, 0.2))
@@ -83,6 +85,7 @@ class CritiqueConfig(StudyConfig):
     n_boot: int = N_BOOT
     batch_size: int = 16
     collect_batch_size: int = 8
+    engine: Engine = "hf"
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,7 @@ def injection_key(model: Model, cfg: CritiqueConfig) -> dict[str, Any]:
         mode=cfg.mode,
         shots=cfg.shots,
         max_new_tokens=cfg.max_new_tokens,
+        engine=cfg.engine,
     )
 
 
@@ -337,6 +341,7 @@ def injection_run(
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         progress=progress,
+        engine=cfg.engine,
     )
     if records is not None:
         inj.save(records)

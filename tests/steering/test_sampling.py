@@ -78,3 +78,16 @@ def test_vllm_engine_missing_is_a_clear_error(smol):
         generate(smol, ["Hi"], max_new_tokens=2, engine="tgi")  # type: ignore[arg-type]
     with pytest.raises(SteerlensError, match="not installed"):
         smol.engine("tgi")
+
+
+def test_generate_takes_token_ids_like_texts(smol):
+    """Token-id prompts (what the vLLM engine also takes) give what their texts give; a mix is refused."""
+    from steerlens.errors import SteerlensError
+    from steerlens.generation import generate_detailed
+
+    texts = ["The movie was", "My favourite food is a"]
+    by_text = generate_detailed(smol, texts, max_new_tokens=6)
+    by_ids = generate_detailed(smol, smol.tokenize(texts), max_new_tokens=6)
+    assert by_text == by_ids and all(g.tokens > 0 for g in by_ids)
+    with pytest.raises(SteerlensError, match="mix"):
+        generate_detailed(smol, [texts[0], smol.tokenize(texts[1])[0]], max_new_tokens=2)

@@ -179,3 +179,39 @@ def test_active_steer_context_reaches_vllm(served):
         )
     assert hf == vl
     assert hf != generate(model, PROMPTS, max_new_tokens=N_NEW, engine="vllm")
+
+
+def test_wait_stacking_on_vllm_equals_hf(served):
+    """The sequential TTS loop (greedy rounds, each round replaying its own steering window, answers read by
+    forcing the marker) gives the same rounds on both engines, steered."""
+    from steerlens.steering.tts import wait_stacking
+    from steerlens.tasks import arithmetic_problems
+
+    model, vec, _ = served
+    problems = arithmetic_problems(4, seed=3, steps=2, ops="+", max_operand=10)
+    iv = [
+        Intervention(vec, alpha=0.1, units="resid", positions="generated", layers=[model.cfg.n_layers // 2])
+    ]
+    kw = dict(rounds=1, budget=20, steering=iv, min_tokens=4)
+    hf = wait_stacking(model, problems, **kw)
+    vl = wait_stacking(model, problems, engine="vllm", **kw)
+    assert [[r.text for r in rs] for rs in hf.rounds] == [[r.text for r in rs] for rs in vl.rounds]
+    assert hf.correct().tolist() == vl.correct().tolist()
+
+
+def test_parallel_sampling_on_vllm_is_seeded_per_request(served):
+    """``parallel(engine="vllm")``: request (problem, j) is seeded with its own seed, so a rerun gives the same
+    samples, a different seed others, and steered samples differ from unsteered ones."""
+    from steerlens.steering.tts import parallel
+    from steerlens.tasks import arithmetic_problems
+
+    model, vec, _ = served
+    problems = arithmetic_problems(3, seed=4, steps=2, ops="+", max_operand=10)
+    kw = dict(n=4, max_new_tokens=16, temperature=0.8, engine="vllm")
+    a, b = parallel(model, problems, seed=1, **kw), parallel(model, problems, seed=1, **kw)
+    c = parallel(model, problems, seed=2, **kw)
+    iv = [Intervention(vec, alpha=0.5, units="resid", layers=[model.cfg.n_layers // 2])]
+    d = parallel(model, problems, seed=1, steering=iv, **kw)
+    assert a.answers == b.answers and a.tokens == b.tokens
+    assert a.tokens != c.tokens and a.tokens != d.tokens
+    assert a.settings["engine"] == "vllm" and len(a.answers[0]) == 4

@@ -1,6 +1,7 @@
-"""Decode throughput on the vLLM engine vs HF generate, steered and unsteered, measured side by side in one run.
+"""Decode throughput on the vLLM engine vs HF generate, steered and unsteered, measured side by side in one run
+(named engine.py: a bench/vllm.py would shadow the vllm package, since the scripts put bench/ on sys.path).
 
-    .venv-vllm/bin/python bench/vllm.py [--model smollm2-135m-instruct] [--batches 8 32 64] [--new 64]
+    .venv-vllm/bin/python bench/engine.py [--model smollm2-135m-instruct] [--batches 8 32 64] [--new 64]
         [--repeats 3] [--tts-problems 24] [--tts-n 16]
 
 Needs the vLLM venv (`make vllm`). Paths, interleaved per round at each batch size (greedy, exactly --new
@@ -91,7 +92,7 @@ def tts(model, n_problems: int, n: int, new: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64])
+    ap.add_argument("--batches", type=int, nargs="*", default=[8, 32, 64])
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=0.3)
