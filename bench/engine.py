@@ -83,7 +83,7 @@ def tts(model, n_problems: int, n: int, new: int) -> None:
         walls[eng] = time.perf_counter() - t
         a1, an = res.accuracy(1), res.accuracy(n)
         print(
-            f"{eng:8s} {a1.value:8.3f} [{a1.low:.2f}, {a1.high:.2f}] {an.value:8.3f} [{an.low:.2f}, {an.high:.2f}] "
+            f"{eng:8s} {a1.value:8.3f} [{a1.lo:.2f}, {a1.hi:.2f}] {an.value:8.3f} [{an.lo:.2f}, {an.hi:.2f}] "
             f"{walls[eng]:8.1f}"
         )
     print(f"wall time HF / vLLM: {walls['hf'] / walls['vllm']:.2f}x")
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.3)
     ap.add_argument("--tts-problems", type=int, default=24)
     ap.add_argument("--tts-n", type=int, default=16)
-    ap.add_argument("--tts-new", type=int, default=48)
+    ap.add_argument("--tts-new", type=int, default=96)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model = steerlens.load(args.model)

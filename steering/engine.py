@@ -97,10 +97,14 @@ class VLLMEngine:
             max_model_len=max_model_len or min(4096, limit),
             enforce_eager=True,
             enable_prefix_caching=True,
+            # whole-prompt prefills: a chunked one makes vLLM rewind a seeded request's generator (CPU generators
+            # cannot: "CPU Generator does not use offset"), and a sample would depend on its batch-mates
+            enable_chunked_prefill=False,
             async_scheduling=False,  # triggers read each request's sampled tokens at the next step
             seed=0,
         )
         kw.update(llm_kwargs)
+        kw.setdefault("max_num_batched_tokens", kw["max_model_len"])
         self.llm = vllm.LLM(**kw)
         self.n_layers = self.llm.collective_rpc(install)[0]
         self.last_token_ids: list[list[int]] = []
@@ -275,6 +279,10 @@ class VLLMEngine:
             stop=list(stop) or None,
             include_stop_str_in_output=True,
         )
+        # Warm the prefix cache with one 1-token request per (prompt, spec): requests admitted in the same step
+        # cannot hit blocks that step is still computing, so N samples would otherwise prefill N times.
+        firsts = list({(tuple(r.ids), r.spec): r for r in reqs}.values())
+        self._run(firsts, SamplingParams(max_tokens=1, temperature=0.0), specs)
         outs = self._run(reqs, params, specs)
         tok = self.model.tokenizer
         sets = []

@@ -130,7 +130,7 @@ def _prefill(
         if prefill_ivs:
             stack.enter_context(steer(model, *prefill_ivs))
         out = model.hf(x, use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    cache = _cache_of(out)
     logits = out.logits[:, -1].float()
     if share and n > 1:
         cache.batch_repeat_interleave(n)
@@ -183,7 +183,7 @@ def _decode(
                     handle.keep_rows(idx)
                 alive, nxt = [alive[j] for j in keep], [nxt[j] for j in keep]
             out = model.hf(torch.tensor(nxt, device=dev).unsqueeze(-1), cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[:, -1].float()
+            cache, logits = _cache_of(out), out.logits[:, -1].float()
             ran += len(alive)
     return tokens, finish, ran
 
@@ -205,3 +205,9 @@ def _eos_ids(model: Model) -> set[int]:
         elif isinstance(src, list):
             ids.update(int(i) for i in src)
     return ids
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache of a forward's output: ``cache`` since transformers 5.20, ``past_key_values`` before."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

@@ -200,8 +200,8 @@ def test_wait_stacking_on_vllm_equals_hf(served):
 
 
 def test_parallel_sampling_on_vllm_is_seeded_per_request(served):
-    """``parallel(engine="vllm")``: request (problem, j) is seeded with its own seed, so a rerun gives the same
-    samples, a different seed others, and steered samples differ from unsteered ones."""
+    """``parallel(engine="vllm")``: request (problem, j) is seeded with its own seed, so a rerun (or the same
+    problem in another batch) gives the same samples, a different seed others, and steering changes them."""
     from steerlens.steering.tts import parallel
     from steerlens.tasks import arithmetic_problems
 
@@ -212,6 +212,8 @@ def test_parallel_sampling_on_vllm_is_seeded_per_request(served):
     c = parallel(model, problems, seed=2, **kw)
     iv = [Intervention(vec, alpha=0.5, units="resid", layers=[model.cfg.n_layers // 2])]
     d = parallel(model, problems, seed=1, steering=iv, **kw)
+    alone = parallel(model, problems[:1], seed=1, **kw)  # other batch-mates, the same seeds: the same samples
     assert a.answers == b.answers and a.tokens == b.tokens
+    assert alone.answers[0] == a.answers[0] and alone.tokens[0] == a.tokens[0]
     assert a.tokens != c.tokens and a.tokens != d.tokens
     assert a.settings["engine"] == "vllm" and len(a.answers[0]) == 4
