@@ -164,7 +164,7 @@ class VLLMEngine:
         nonce = f"capture-{uuid.uuid4().hex}" if capture else ""  # a capture recomputes every prompt token
         prompts, plist = [], []
         for r in reqs:
-            extra = {ROW_KEY: r.row}
+            extra: dict[str, Any] = {ROW_KEY: r.row}
             if r.spec is not None:
                 extra[SPEC_KEY] = r.spec
             if capture:

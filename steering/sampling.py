@@ -77,7 +77,7 @@ def sample(
         raise SteerlensError(f"top_p={top_p}: expected 0 < top_p <= 1")
     if engine == "vllm":
         kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
-        return model.vllm.sample_many([prompt], [list(seeds)], steering=steering, **kw)[0]  # type: ignore[no-any-return]
+        return model.vllm.sample_many([prompt], [list(seeds)], steering=steering, **kw)[0]
     ids = model.tokenize(prompt)[0] if isinstance(prompt, str) else list(prompt)
     n = len(seeds)
     rs = as_row_steering(steering)

@@ -167,7 +167,7 @@ def _begin(state: _State, args: tuple, kw: dict) -> None:
         dkey = (l, tuple((sig, tuple(ks)) for sig, ks in groups.items()))
         if dkey not in state.dirs:  # the directions of a layer's groups do not change from step to step
             dirs = [state.specs[ks[0]][l][j].vector for sig, ks in groups.items() for j in range(len(sig))]
-            codes = [OPS.index(op) for sig in groups for op, _ in sig]  # type: ignore[arg-type]
+            codes = [OPS.index(op) for sig in groups for op, _ in sig]
             state.dirs[dkey] = (torch.stack(dirs), codes)
         dirs_l, codes_l = state.dirs[dkey]
         state.plan[l] = (dirs_l, stacks[ckey], codes_l)

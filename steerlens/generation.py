@@ -136,7 +136,7 @@ def generate_detailed(
             f"min_tokens={min_tokens} must lie in [0, max_new_tokens={max_new_tokens}]; lower it or raise the budget"
         )
     if engine == "vllm":
-        return model.vllm.generate_detailed(  # type: ignore[no-any-return]
+        return model.vllm.generate_detailed(
             prompts,
             max_new_tokens=max_new_tokens,
             stop=stop,
@@ -151,10 +151,10 @@ def generate_detailed(
     tok = model.tokenizer
     if any(isinstance(p, str) for p in prompts) and not all(isinstance(p, str) for p in prompts):
         raise SteerlensError("prompts mix texts and token-id lists; give one kind")
-    ids = (
-        model.tokenize(list(prompts))
+    ids: list[list[int]] = (
+        model.tokenize([str(p) for p in prompts])
         if prompts and isinstance(prompts[0], str)
-        else [list(p) for p in prompts]
+        else [[int(t) for t in p] for p in prompts]
     )
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
     pad = tok.pad_token_id
