@@ -199,24 +199,25 @@ def test_wait_stacking_on_vllm_equals_hf(served):
     assert hf.correct().tolist() == vl.correct().tolist()
 
 
-def test_parallel_sampling_on_vllm_is_seeded_per_request(served):
-    """``parallel(engine="vllm")``: request (problem, j) is seeded with its own seed, so a rerun (or the same
-    problem in another batch) gives the same samples, a different seed others, and steering changes them."""
+def test_vllm_sampling_is_seeded_per_request(served):
+    """Sampling on vLLM: each request is seeded with its own seed, so a rerun, or a seed drawn alone instead of
+    among others, gives the same tokens; other seeds and steering give others; ``parallel`` runs on it."""
+    from steerlens.steering.sampling import sample
     from steerlens.steering.tts import parallel
     from steerlens.tasks import arithmetic_problems
 
     model, vec, _ = served
-    problems = arithmetic_problems(3, seed=4, steps=2, ops="+", max_operand=10)
-    kw = dict(n=4, max_new_tokens=16, temperature=0.8, engine="vllm")
-    a, b = parallel(model, problems, seed=1, **kw), parallel(model, problems, seed=1, **kw)
-    c = parallel(model, problems, seed=2, **kw)
+    kw = dict(max_new_tokens=16, temperature=0.8, engine="vllm")
+    toks = lambda got: [s.tokens for s in got.samples]  # noqa: E731
+    a, b = sample(model, PROMPTS[0], [1, 2, 3, 4], **kw), sample(model, PROMPTS[0], [1, 2, 3, 4], **kw)
+    alone = sample(model, PROMPTS[0], [3], **kw)
+    c = sample(model, PROMPTS[0], [5, 6, 7, 8], **kw)
     iv = [Intervention(vec, alpha=0.5, units="resid", layers=[model.cfg.n_layers // 2])]
-    d = parallel(model, problems, seed=1, steering=iv, **kw)
-    alone = parallel(model, problems[:1], seed=1, **kw)  # other batch-mates, the same seeds: the same samples
-    assert a.answers == b.answers and a.tokens == b.tokens
-    assert alone.answers[0] == a.answers[0] and alone.tokens[0] == a.tokens[0]
-    assert a.tokens != c.tokens and a.tokens != d.tokens
-    assert a.settings["engine"] == "vllm" and len(a.answers[0]) == 4
+    d = sample(model, PROMPTS[0], [1, 2, 3, 4], steering=iv, **kw)
+    assert toks(a) == toks(b) and toks(alone) == toks(a)[2:3]
+    assert toks(a) != toks(c) and toks(a) != toks(d) and len(set(toks(a))) >= 3
+    res = parallel(model, arithmetic_problems(2, seed=4, steps=2, ops="+", max_operand=10), n=3, **kw)
+    assert res.settings["engine"] == "vllm" and [len(x) for x in res.answers] == [3, 3]
 
 
 def test_hf_sampling_runs_on_this_transformers(served):
