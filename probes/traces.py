@@ -299,22 +299,15 @@ def error_injected_reasoning(
     prompts = [reasoning_prompt(model, p.question, shot_pairs, chat) for p in problems]
     cut_traces = 0
     if mode == "generated":
-        gens = generate_detailed(
-            model,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            stop=STOP,
-            progress=progress,
-            engine=engine,
-        )
+        gens = _decode(model, prompts, max_new_tokens, batch_size, progress, engine)
         traces = [g.text for g in gens]
         cut_traces = sum(g.exhausted for g in gens)
     else:
         traces = [p.solution() for p in problems]
     records = _inject(problems, prompts, traces, seed)
     todo = [i for i, r in enumerate(records) if r.injection is not None]
-    conts = _continue(model, [records[i] for i in todo], max_new_tokens, batch_size, progress, engine)
+    cont_prompts = [records[i].prompt + records[i].prefix for i in todo]  # each corrupted prefix
+    conts = _decode(model, cont_prompts, max_new_tokens, batch_size, progress, engine) if todo else []
     for i, cont in zip(todo, conts, strict=True):
         records[i] = _grade_continuation(records[i], cont.text)
     cut_conts = sum(g.exhausted for g in conts)
@@ -358,18 +351,10 @@ def _inject(problems: list[Problem], prompts: list[str], traces: list[str], seed
     return records
 
 
-def _continue(
-    model: Model,
-    records: list[TraceRecord],
-    max_new_tokens: int,
-    batch_size: int,
-    progress: bool,
-    engine: Engine = "hf",
+def _decode(
+    model: Model, prompts: list[str], max_new_tokens: int, batch_size: int, progress: bool, engine: Engine
 ) -> list[Generated]:
-    """The model's continuation of each corrupted prefix (greedy)."""
-    if not records:
-        return []
-    prompts = [r.prompt + r.prefix for r in records]
+    """The model's greedy continuation of each prompt, up to the end of its answer."""
     return generate_detailed(
         model,
         prompts,

@@ -140,6 +140,10 @@ class VLLMEngine:
                 specs[key] = _worker_steps(live)
         return ids, specs
 
+    def _ids(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        """Token ids of each prompt (texts tokenized as ``Model.tokenize`` does; id lists as given)."""
+        return [self.model.tokenize(p)[0] if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+
     def _active(self) -> list[Intervention]:
         """The model's active ``steer()`` contexts (outermost first), applied before each row's own steering as
         on the HF path; their hooks never reach vLLM's worker, so they travel in every request's spec."""
@@ -207,7 +211,7 @@ class VLLMEngine:
             raise EmptyInput("generate() got no prompts")
         from vllm import SamplingParams
 
-        ids = [self.model.tokenize(p)[0] if isinstance(p, str) else list(p) for p in prompts]
+        ids = self._ids(prompts)
         spec_ids, specs = self._specs(as_row_steering(steering), len(ids))
         params = SamplingParams(
             max_tokens=max_new_tokens,
@@ -268,7 +272,7 @@ class VLLMEngine:
         if any(len(s) != n for s in seeds):
             raise SteerlensError("sample_many(): give every prompt the same number of seeds")
         spec_ids, specs = self._specs(as_row_steering(steering), n)
-        ids = [self.model.tokenize(p)[0] if isinstance(p, str) else list(p) for p in prompts]
+        ids = self._ids(prompts)
         reqs = [
             _Request(x, spec_ids[j], i * n + j, int(seeds[i][j])) for i, x in enumerate(ids) for j in range(n)
         ]
