@@ -140,7 +140,7 @@ class VLLMEngine:
                 specs[key] = _worker_steps(live)
         return ids, specs
 
-    def _ids(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+    def _ids(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
         """Token ids of each prompt (texts tokenized as ``Model.tokenize`` does; id lists as given)."""
         return [self.model.tokenize(p)[0] if isinstance(p, str) else [int(t) for t in p] for p in prompts]
 
