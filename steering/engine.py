@@ -160,7 +160,14 @@ class VLLMEngine:
                 )
         return ivs
 
-    def _run(self, reqs: list[_Request], params: Any, specs: dict, capture: Sequence[int] = ()) -> list[Any]:
+    def _run(
+        self,
+        reqs: list[_Request],
+        params: Any,
+        specs: dict,
+        capture: Sequence[int] = (),
+        progress: bool = False,
+    ) -> list[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -184,7 +191,7 @@ class VLLMEngine:
                 p["cache_salt"] = (r.spec or "") + nonce
             prompts.append(p)
             plist.append(sp)
-        return self.llm.generate(prompts, plist, use_tqdm=False)
+        return self.llm.generate(prompts, plist, use_tqdm=progress)
 
     # ---- public API -----------------------------------------------------------------------------------
     def generate_detailed(
@@ -200,13 +207,15 @@ class VLLMEngine:
         min_tokens: int = 0,
         capture: Sequence[int] = (),
         logprobs: bool = False,
+        progress: bool = False,
     ) -> list[Generated]:
         """``steerlens.generate_detailed`` on vLLM: same arguments, same text semantics (cut before the first
         stop string; EOS ends a row), each prompt steered with its own row of ``steering``.
 
         ``capture``: layers whose ``resid_post`` (after steering) is kept for prompt and generated tokens;
         read them with ``captured()`` (or ``capture_store``). After the call ``last_token_ids`` holds each row's
-        generated ids and, with ``logprobs=True``, ``last_logprobs`` each chosen token's log-probability."""
+        generated ids and, with ``logprobs=True``, ``last_logprobs`` each chosen token's log-probability.
+        ``progress``: vLLM's own progress bar over the requests."""
         if not prompts:
             raise EmptyInput("generate() got no prompts")
         from vllm import SamplingParams
@@ -226,7 +235,7 @@ class VLLMEngine:
             _Request(x, s, i, seed + i if do_sample else None)
             for i, (x, s) in enumerate(zip(ids, spec_ids, strict=True))
         ]
-        outs = self._run(reqs, params, specs, capture)
+        outs = self._run(reqs, params, specs, capture, progress)
         self._last_capture = (ids, spec_ids, tuple(capture), as_row_steering(steering)) if capture else None
         self._captured = self._take_captured() if capture else {}
         got = []

@@ -145,6 +145,7 @@ def generate_detailed(
             seed=seed,
             steering=steering,
             min_tokens=min_tokens,
+            progress=progress,
         )
     if engine != "hf":
         raise SteerlensError(f"engine={engine!r}: expected 'hf' or 'vllm'")
