@@ -50,7 +50,8 @@ def bigbench_mistake_score(
     predictions: Sequence[int | None], labels: Sequence[int | None]
 ) -> dict[str, float]:
     """BIG-Bench-Mistake: mistake-location accuracy on traces with a mistake (exact index), accuracy of
-    saying "no mistake" on clean traces, binary has-mistake accuracy, and overall exact-match accuracy."""
+    saying "no mistake" on clean traces, binary has-mistake accuracy and F1 (positive class: has a mistake),
+    and overall exact-match accuracy."""
     if len(predictions) != len(labels):
         raise SteerlensError(f"{len(predictions)} predictions for {len(labels)} labels")
     if not labels:
@@ -58,11 +59,14 @@ def bigbench_mistake_score(
     pairs = list(zip(predictions, labels, strict=True))
     with_m = [p == y for p, y in pairs if y is not None]
     without = [p is None for p, y in pairs if y is None]
+    tp = sum(p is not None and y is not None for p, y in pairs)
+    flagged, actual = sum(p is not None for p, _ in pairs), sum(y is not None for _, y in pairs)
     return {
         "location_accuracy": sum(with_m) / len(with_m) if with_m else float("nan"),
         "no_mistake_accuracy": sum(without) / len(without) if without else float("nan"),
         "binary_accuracy": sum((p is None) == (y is None) for p, y in pairs) / len(pairs),
         "exact_accuracy": sum(p == y for p, y in pairs) / len(pairs),
+        "mistake_f1": 2 * tp / (flagged + actual) if flagged + actual else 0.0,
         "n_mistake": len(with_m),
         "n_clean": len(without),
     }

@@ -19,7 +19,7 @@ from steerlens.errors import SteerlensError
 from steerlens.figures import GREY, PALETTE, line_with_band, new_figure
 from steerlens.model import Model
 from steerlens.probes.detection import earliest_error, step_p_true
-from steerlens.probes.scoring import StepItem, processbench_score
+from steerlens.probes.scoring import StepItem, bigbench_mistake_score, processbench_score
 from steerlens.stats import N_BOOT, Estimate, auroc, bootstrap
 from steerlens.steering import RowSteering
 from steerlens.steering.vector import SteeringVector, Units
@@ -42,6 +42,7 @@ class DetectionPoint:
     correct_accuracy: float
     mean_p_error_on_errors: float
     mean_p_error_on_clean: float
+    bbm: dict[str, float] = field(default_factory=dict)  # the same predictions scored as BIG-Bench-Mistake
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class DetectionPoint:
             "correct_accuracy": self.correct_accuracy,
             "mean_p_error_on_errors": self.mean_p_error_on_errors,
             "mean_p_error_on_clean": self.mean_p_error_on_clean,
+            "bbm": self.bbm,
         }
 
     @classmethod
@@ -287,6 +289,7 @@ def _point(
     flagged = (preds != -1).astype(int)
     p_err = np.array([1 - float(min(ps)) for ps in per_item])
     score = processbench_score(preds.tolist(), labels.tolist())
+    as_bbm = [[None if int(x) == -1 else int(x) for x in v] for v in (preds, labels)]
     n = len(per_item)
     return DetectionPoint(
         vector=name,
@@ -297,6 +300,7 @@ def _point(
         correct_accuracy=score["correct_accuracy"],
         mean_p_error_on_errors=float(p_err[has_err == 1].mean()) if has_err.any() else float("nan"),
         mean_p_error_on_clean=float(p_err[has_err == 0].mean()) if (1 - has_err).any() else float("nan"),
+        bbm=bigbench_mistake_score(*as_bbm),
     )
 
 

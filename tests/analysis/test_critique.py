@@ -94,6 +94,11 @@ def test_detection_sweep_controls(cv, det):
     assert (crit[1].accuracy, crit[1].f1) == (rand[1].accuracy, rand[1].f1)  # alpha 0: one unsteered run
     for p in ds.points:
         assert p.accuracy.lo <= p.accuracy.value <= p.accuracy.hi
+        # the same predictions in BIG-Bench-Mistake's format: its scorer agrees with ProcessBench's
+        assert p.bbm["location_accuracy"] == p.error_accuracy
+        assert p.bbm["no_mistake_accuracy"] == p.correct_accuracy
+        assert p.bbm["binary_accuracy"] == pytest.approx(p.accuracy.value)
+        assert 0.0 <= p.bbm["mistake_f1"] <= 1.0
     # steering moves the model's verdicts, and the random control is a different direction of equal norm
     assert crit[0].mean_p_error_on_errors != crit[2].mean_p_error_on_errors
     r = cv.at_layer.random_like(1)

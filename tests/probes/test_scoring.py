@@ -32,6 +32,7 @@ def test_bigbench_mistake_score_by_hand():
     assert s["no_mistake_accuracy"] == 0.5
     assert s["binary_accuracy"] == 0.75
     assert s["exact_accuracy"] == 0.5
+    assert s["mistake_f1"] == 0.8  # flags 3 traces, 2 of the 2 with a mistake: precision 2/3, recall 1
 
 
 def test_loaders_and_validation(tmp_path):
