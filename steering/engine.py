@@ -187,8 +187,10 @@ class VLLMEngine:
             p = TokensPrompt(prompt_token_ids=r.ids)
             if r.spec is not None or capture:
                 # the prefix cache must not hand a steered request KV computed under other steering (or skip
-                # the prompt tokens a capture needs): steered requests share it only with their own spec
-                p["cache_salt"] = (r.spec or "") + nonce
+                # the prompt tokens a capture needs): steered requests share it only with their own spec, and
+                # only at their own prompt length, since "prompt" / "generated" (and so the KV of a token)
+                # depend on where the prompt ends: cached generated tokens come back as prompt in a replay
+                p["cache_salt"] = f"{r.spec or ''}@{len(r.ids)}{nonce}"
             prompts.append(p)
             plist.append(sp)
         return self.llm.generate(prompts, plist, use_tqdm=progress)

@@ -142,6 +142,31 @@ def test_greedy_logprobs_match_hf(served):
     assert diff < 2e-3
 
 
+@pytest.mark.parametrize("selector", ["generated", "prompt"])
+def test_prefix_cache_never_reuses_kv_across_prompt_lengths(served, selector):
+    """KV cached while tokens were *generated* must not be reused when the same tokens come back as *prompt*:
+    under "generated" / "prompt" steering they were steered differently there. Rerunning prompt + generated
+    text after the cache is warm (vLLM's CPU block size is 128, so 160 generated tokens fill a block) gives
+    what a cold cache gives."""
+    model, vec, engine = served
+    iv = Intervention(vec, alpha=6.0, positions=selector, layers=[model.cfg.n_layers // 2])
+    rs = RowSteering((iv,))
+    ids = model.tokenize(PROMPTS[2])[0]
+
+    def continuation(prompt):
+        engine.generate_detailed([prompt], max_new_tokens=8, min_tokens=8, steering=rs, logprobs=True)
+        return engine.last_token_ids[0], engine.last_logprobs[0]
+
+    engine.llm.reset_prefix_cache()
+    engine.generate_detailed([ids], max_new_tokens=160, min_tokens=160, steering=rs)
+    longer = ids + engine.last_token_ids[0]
+    warm = continuation(longer)
+    engine.llm.reset_prefix_cache()
+    cold = continuation(longer)
+    assert warm[0] == cold[0]
+    assert max(abs(a - b) for a, b in zip(warm[1], cold[1], strict=True)) < 1e-5
+
+
 def test_capture_equals_hf_hidden_states(served, tmp_path):
     """Residuals captured during vLLM generation (prompt and generated tokens) == HF's hidden states of the same
     sequence, and ``capture_store`` writes them as an ActivationStore."""
