@@ -43,9 +43,12 @@ class ModelComparison:
         """A markdown table: one row per model, clean accuracy and the four cells with 95% CIs."""
         est = self.estimates()
         cols = list(next(iter(est.values())))
-        lines = ["| model | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        head = [c.replace("|", "\\|") for c in cols]  # "recovered | solved cleanly" would split a cell
+        lines = ["| model | n | " + " | ".join(head) + " |", "|---" * (len(cols) + 2) + "|"]
         for m, e in est.items():
-            cells = [f"{x.value:.2f} [{x.lo:.2f}, {x.hi:.2f}]" for x in e.values()]
+            cells = [
+                f"{x.value:.2f} [{x.lo:.2f}, {x.hi:.2f}]" if x.value == x.value else "n/a" for x in e.values()
+            ]
             lines.append(f"| {m} | {len(self.runs[m].injected)} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 

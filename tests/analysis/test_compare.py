@@ -20,6 +20,10 @@ def test_comparison_table_and_reuse(smol, gemma, tmp_path, monkeypatch):
         assert sum(cells) == pytest.approx(1.0) and all(e.lo <= e.value <= e.hi for e in est.values())
         assert est["clean accuracy"].value == 1.0  # templated traces are the reference solutions
     assert cmp.table().count("\n") == 3 and smol.name in cmp.table()
+    # a well-formed markdown table: every row has as many cells as the header (an unescaped "|" in a column
+    # name split one)
+    rows = [r.replace("\\|", "") for r in cmp.table().splitlines()]
+    assert len({r.count("|") for r in rows}) == 1
     assert len(cmp.figure().data) == 2
     # same settings: the records are reused, not regenerated
     monkeypatch.setattr(study_mod, "error_injected_reasoning", lambda *a, **k: pytest.fail("regenerated"))
