@@ -25,7 +25,12 @@ def cache_root() -> Path:
 def cached_model_dir(model: EmbeddedModel, verbose: bool = True) -> Path:
     """Directory of the dequantized safetensors checkpoint for ``model``, building it on first use."""
     version = model.version()
-    final = cache_root() / "models" / f"{model.name}-{version}"
+    # The tokenizer files are written by the running transformers, and versions differ in what they write
+    # (5.19, the vLLM venv's, drops gemma's BOS from the post-processor): one cache per transformers minor.
+    import transformers
+
+    tf = ".".join(transformers.__version__.split(".")[:2])
+    final = cache_root() / "models" / f"{model.name}-{version}-tf{tf}"
     if (final / _MARKER).exists() and read_json(final / _MARKER).get("complete"):
         return final
     if final.exists():  # left over from an older, interrupted layout: rebuild it
@@ -37,7 +42,10 @@ def cached_model_dir(model: EmbeddedModel, verbose: bool = True) -> Path:
         if verbose:
             print(f"steerlens: dequantizing {model.name} once into {final} (about a minute)...", flush=True)
         _dequantize_into(model, tmp)
-        write_json(tmp / _MARKER, {"complete": True, "model": model.name, "package_version": version})
+        write_json(
+            tmp / _MARKER,
+            {"complete": True, "model": model.name, "package_version": version, "transformers": tf},
+        )
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first; theirs is as good as ours

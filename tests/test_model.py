@@ -90,6 +90,18 @@ def test_cached_reload_is_fast(gemma):
     )
 
 
+def test_cache_is_per_transformers_version_and_keeps_gemmas_bos(gemma):
+    """The cache dir names the transformers minor that wrote its tokenizer: one written by the vLLM venv's 5.19
+    tokenized gemma prompts without <bos>, and every gemma result read in the main venv went wrong."""
+    import transformers
+
+    from steerlens.weights import cached_model_dir
+
+    tf = ".".join(transformers.__version__.split(".")[:2])
+    assert cached_model_dir(EMBEDDED["gemma-3-270m"]).name.endswith(f"-tf{tf}")
+    assert gemma.tokenize("When Mary and John went")[0][0] == gemma.tokenizer.bos_token_id
+
+
 def test_chat_prompt(smol, gemma):
     text = smol.chat_prompt("What is 2+2?")
     assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
