@@ -47,7 +47,8 @@ class ModelComparison:
         lines = ["| model | n | " + " | ".join(head) + " |", "|---" * (len(cols) + 2) + "|"]
         for m, e in est.items():
             cells = [
-                f"{x.value:.2f} [{x.lo:.2f}, {x.hi:.2f}]" if x.value == x.value else "n/a" for x in e.values()
+                f"{x.value:.2f} [{x.lo:.2f}, {x.hi:.2f}]" if not np.isnan(x.value) else "n/a"
+                for x in e.values()
             ]
             lines.append(f"| {m} | {len(self.runs[m].injected)} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
