@@ -223,35 +223,23 @@ def scaling_comparison(
             )
         ],
     }
+    verifier = None  # one probe scores every condition's samples
+    if probe is not None and probe_layer is not None:
+        verifier = probe_verifier(model, probe, probe_layer, name="critique_probe")
     par, seq = {}, {}
     for name, ivs in conditions.items():
         say.stage(
             f"{name}: {cfg.samples} samples x {cfg.n_problems} problems, then {cfg.rounds} 'Wait' rounds"
         )
-        verifier = None
-        if probe is not None and probe_layer is not None:
-            verifier = probe_verifier(model, probe, probe_layer, name="critique_probe")
         par[name] = parallel(
             model, problems, n=cfg.samples, seed=cfg.seed, steering=ivs, verifier=verifier, engine=cfg.engine
         )
         seq[name] = wait_stacking(
             model, problems, rounds=cfg.rounds, budget=cfg.budget, steering=ivs, engine=cfg.engine
         )
-    settings = dict(
-        model=model.name,
-        n_problems=cfg.n_problems,
-        steps=cfg.steps,
-        max_operand=cfg.max_operand,
-        seed=cfg.seed,
-        n=cfg.samples,
-        rounds=cfg.rounds,
-        budget=cfg.budget,
-        alpha=cfg.alpha,
-        units=cfg.units,
-        layer=layer,
-        probe_layer=probe_layer,
-        engine=cfg.engine,
-    )
+    kept = ("n_problems", "steps", "max_operand", "seed", "rounds", "budget", "alpha", "units", "engine")
+    settings = {"model": model.name, "n": cfg.samples, "layer": layer, "probe_layer": probe_layer}
+    settings |= {k: getattr(cfg, k) for k in kept}
     return ScalingComparison(par, seq, settings, n_boot=cfg.n_boot)
 
 

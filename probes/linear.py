@@ -86,7 +86,10 @@ def fit_logistic(
     if len(yt) < 2 or yt.min() == yt.max():
         raise EmptyInput("a probe needs examples of both classes")
     xd = x.double()
-    mu, sd = xd.mean(0), xd.std(0, correction=0).clamp_min(1e-6)  # population sd: duplicating rows changes nothing
+    mu, sd = (
+        xd.mean(0),
+        xd.std(0, correction=0).clamp_min(1e-6),
+    )  # population sd: duplicating rows changes nothing
     z = (xd - mu) / sd
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)

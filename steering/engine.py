@@ -12,9 +12,7 @@ which a captured CUDA graph would not re-run.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,16 +22,15 @@ from typing import Any
 import torch
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.generation import Generated, cut_at
+from steerlens.generation import Generated, cut_at, finished, prompt_ids
 from steerlens.model import Model
 from steerlens.store import ActivationStore
 
-from .apply import _parse, _step
 from .intervention import Intervention
-from .positions import Trigger, Window
 from .rows import RowSteering, as_row_steering
 from .sampling import Sample, SampleSet
-from .vllm_worker import CAPTURE_KEY, ROW_KEY, SPEC_KEY, WorkerStep, configure, install, take_captured
+from .vllm_specs import request_specs
+from .vllm_worker import CAPTURE_KEY, ROW_KEY, SPEC_KEY, configure, install, take_captured
 
 INSTALL = "make vllm   (or: pip install -e '.[vllm]' -c requirements/vllm-constraints.txt in its own venv)"
 
@@ -112,54 +109,6 @@ class VLLMEngine:
         self._last_capture: tuple | None = None
         self._captured: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    # ---- steering specs -------------------------------------------------------------------------------
-    def _specs(
-        self, rs: RowSteering, n: int
-    ) -> tuple[list[str | None], dict[str, dict[int, list[WorkerStep]]]]:
-        """Each row's spec id and the distinct specs (rows steered alike share one)."""
-        if rs.n_rows is not None and rs.n_rows != n:
-            raise SteerlensError(
-                f"the steering has per-row values for {rs.n_rows} rows but there are {n} prompts"
-            )
-        if rs:
-            _parse(self.model, tuple(rs.interventions), {})  # the same checks as steer(): model, site, layers
-        active = self._active()
-        ids: list[str | None] = []
-        specs: dict[str, dict[int, list[WorkerStep]]] = {}
-        for i in range(n):
-            ivs = active + (rs.for_rows([i]) if rs else [])
-            live = [
-                iv for iv in ivs if float(torch.as_tensor(iv.alpha).reshape(-1)[0]) != 0.0 or iv.op == "clamp"
-            ]
-            if not live:
-                ids.append(None)
-                continue
-            key = hashlib.sha256("|".join(iv.fingerprint() for iv in live).encode()).hexdigest()[:16]
-            ids.append(key)
-            if key not in specs:
-                specs[key] = _worker_steps(live)
-        return ids, specs
-
-    def _ids(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
-        """Token ids of each prompt (texts tokenized as ``Model.tokenize`` does; id lists as given)."""
-        return [self.model.tokenize(p)[0] if isinstance(p, str) else [int(t) for t in p] for p in prompts]
-
-    def _active(self) -> list[Intervention]:
-        """The model's active ``steer()`` contexts (outermost first), applied before each row's own steering as
-        on the HF path; their hooks never reach vLLM's worker, so they travel in every request's spec."""
-        ivs = [iv for s in self.model.steering for iv in getattr(s, "interventions", ())]
-        for iv in ivs:
-            p = iv.positions
-            per_row_window = isinstance(p, Window) and (
-                isinstance(p.start, tuple) or isinstance(p.end, tuple)
-            )
-            if torch.as_tensor(iv.alpha).numel() != 1 or per_row_window:
-                raise SteerlensError(
-                    "an active steer() with per-row values has no meaning on vLLM (rows are not batches there); "
-                    "pass it as steering=RowSteering((intervention,)) instead"
-                )
-        return ivs
-
     def _run(
         self,
         reqs: list[_Request],
@@ -222,8 +171,8 @@ class VLLMEngine:
             raise EmptyInput("generate() got no prompts")
         from vllm import SamplingParams
 
-        ids = self._ids(prompts)
-        spec_ids, specs = self._specs(as_row_steering(steering), len(ids))
+        ids = prompt_ids(self.model, prompts)
+        spec_ids, specs = request_specs(self.model, as_row_steering(steering), len(ids))
         params = SamplingParams(
             max_tokens=max_new_tokens,
             min_tokens=min_tokens,
@@ -240,22 +189,14 @@ class VLLMEngine:
         outs = self._run(reqs, params, specs, capture, progress)
         self._last_capture = (ids, spec_ids, tuple(capture), as_row_steering(steering)) if capture else None
         self._captured = self._take_captured() if capture else {}
-        got = []
-        tok = self.model.tokenizer
         self.last_token_ids = [list(o.outputs[0].token_ids) for o in outs]
         if logprobs:
             self.last_logprobs = [
                 [d[t].logprob for d, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids, strict=True)]
                 for o in outs
             ]
-        for o in outs:
-            c = o.outputs[0]
-            toks = [t for t in c.token_ids if t != tok.eos_token_id]
-            text = tok.decode(toks, skip_special_tokens=True)
-            head = len(tok.decode(toks[:min_tokens], skip_special_tokens=True))
-            cut = text[:head] + cut_at(text[head:], stop)
-            got.append(Generated(cut, len(toks), len(toks) >= max_new_tokens and len(cut) == len(text)))
-        return got
+        tok = self.model.tokenizer
+        return [finished(tok, o.outputs[0].token_ids, min_tokens, stop, max_new_tokens) for o in outs]
 
     def generate(self, prompts: Sequence[str], **kw: Any) -> list[str]:
         """``generate_detailed``'s texts."""
@@ -282,8 +223,8 @@ class VLLMEngine:
         n = len(seeds[0])
         if any(len(s) != n for s in seeds):
             raise SteerlensError("sample_many(): give every prompt the same number of seeds")
-        spec_ids, specs = self._specs(as_row_steering(steering), n)
-        ids = self._ids(prompts)
+        spec_ids, specs = request_specs(self.model, as_row_steering(steering), n)
+        ids = prompt_ids(self.model, prompts)
         reqs = [
             _Request(x, spec_ids[j], i * n + j, int(seeds[i][j])) for i, x in enumerate(ids) for j in range(n)
         ]
@@ -299,32 +240,33 @@ class VLLMEngine:
         firsts = list({(tuple(r.ids), r.spec): r for r in reqs}.values())
         self._run(firsts, SamplingParams(max_tokens=1, temperature=0.0), specs)
         outs = self._run(reqs, params, specs)
-        tok = self.model.tokenizer
-        sets = []
-        for i, x in enumerate(ids):
-            samples = []
-            for j in range(n):
-                c = outs[i * n + j].outputs[0]
-                finish = (
-                    "stop"
-                    if c.finish_reason == "stop" and c.stop_reason is not None
-                    else ("eos" if c.finish_reason == "stop" else "length")
-                )
-                text = cut_at(tok.decode(list(c.token_ids), skip_special_tokens=True), stop)
-                samples.append(Sample(text, tuple(c.token_ids), int(seeds[i][j]), finish))
-            settings = dict(
-                model=self.model.name,
-                engine="vllm",
-                temperature=temperature,
-                top_p=top_p,
-                max_new_tokens=max_new_tokens,
-                shared_prefill=True,
-                stop=list(stop),
-            )
-            sets.append(
-                SampleSet(tuple(samples), len(x), len(x) + sum(len(s.tokens) for s in samples), settings)
-            )
-        return sets
+        settings = dict(
+            model=self.model.name,
+            engine="vllm",
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            shared_prefill=True,
+            stop=list(stop),
+        )
+        return [
+            self._sample_set(x, outs[i * n : (i + 1) * n], seeds[i], stop, settings)
+            for i, x in enumerate(ids)
+        ]
+
+    def _sample_set(
+        self, ids: list[int], outs: list[Any], seeds: Sequence[int], stop: Sequence[str], settings: dict
+    ) -> SampleSet:
+        """One prompt's samples from its requests' outputs (finish reason as ``sample`` reports it)."""
+        samples = []
+        for o, seed in zip(outs, seeds, strict=True):
+            c = o.outputs[0]
+            stopped = c.finish_reason == "stop"
+            finish = "stop" if stopped and c.stop_reason is not None else ("eos" if stopped else "length")
+            text = cut_at(self.model.tokenizer.decode(list(c.token_ids), skip_special_tokens=True), stop)
+            samples.append(Sample(text, tuple(c.token_ids), int(seed), finish))
+        n_tokens = len(ids) + sum(len(s.tokens) for s in samples)
+        return SampleSet(tuple(samples), len(ids), n_tokens, dict(settings))
 
     def captured(self) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
         """(prompt row, layer) -> (positions [T], resid_post [T, d_model]) from the last ``capture=`` call,
@@ -340,7 +282,7 @@ class VLLMEngine:
             out[k] = (torch.tensor(order), h[[last[p] for p in order]])
         return out
 
-    def capture_store(self, path: str | Path | None = None) -> ActivationStore:
+    def capture_store(self, path: str | Path | None = None, *, overwrite: bool = False) -> ActivationStore:
         """The last ``capture=`` call as an ``ActivationStore`` (one example per prompt; rows are its prompt and
         generated tokens; sites ``blocks.L.hook_resid_post``), keyed like ``collect``'s stores by model, tokens,
         sites, dtype and each row's steering, with ``engine: vllm`` in the manifest.
@@ -348,6 +290,7 @@ class VLLMEngine:
         Args:
             path: where to write it (default: the activations cache, keyed by the manifest); an existing
                 complete store with the same manifest is returned as it is.
+            overwrite: replace a store at ``path`` made with other settings (refused otherwise, as by collect).
 
         Example:
             >>> eng.generate_detailed(prompts, max_new_tokens=64, capture=[12, 16], steering=rs)
@@ -356,9 +299,8 @@ class VLLMEngine:
         """
         if self._last_capture is None:
             raise SteerlensError("capture_store(): call generate_detailed(..., capture=[layers]) first")
-        from steerlens.collect import json_key
+        from steerlens.collect import open_store
         from steerlens.inputs import Tokenized, dataset_hash
-        from steerlens.weights import cache_root
 
         prompts, spec_ids, layers, rs = self._last_capture
         cap = self.captured()
@@ -367,7 +309,10 @@ class VLLMEngine:
         ]
         keep = [cap[(i, layers[0])][0].tolist() for i in range(len(prompts))]
         sites = [f"blocks.{l}.hook_resid_post" for l in layers]
-        d = self.model.cfg.d_model
+        d, steering = (
+            self.model.cfg.d_model,
+            "|".join(f"{i}:{iv.fingerprint()}" for i, iv in enumerate(rs.interventions)),
+        )
         manifest = {
             "model": self.model.name,
             "d_model": d,
@@ -376,25 +321,18 @@ class VLLMEngine:
             "positions": "generation",
             "dtype": "float32",
             "model_dtype": str(self.model.dtype).removeprefix("torch."),
-            "steering": "|".join(f"{i}:{iv.fingerprint()}" for i, iv in enumerate(rs.interventions))
-            or "none",
+            "steering": steering or "none",
             "row_specs": [s or "none" for s in spec_ids],
             "engine": "vllm",
             "dataset_hash": dataset_hash(self.model.name, tokens, keep),
             "n_examples": len(tokens),
             "n_rows": sum(map(len, keep)),
         }
-        path = (
-            Path(path)
-            if path is not None
-            else cache_root() / "activations" / hashlib.sha256(json_key(manifest).encode()).hexdigest()[:16]
-        )
-        if (path / "manifest.json").exists():
-            old = ActivationStore(path)
-            if old.complete and all(old.manifest.get(k) == v for k, v in manifest.items()):
-                return old
-            shutil.rmtree(path)
-        store = ActivationStore.create(path, manifest)
+        store = open_store(path, manifest, overwrite)
+        if store.complete:
+            return store
+        if store.manifest["shards"]:  # a write killed between its one shard and the completion mark
+            store = open_store(path, manifest, overwrite=True)
         part = {
             s: torch.cat([cap[(i, l)][1] for i in range(len(prompts))])
             for s, l in zip(sites, layers, strict=True)
@@ -415,32 +353,6 @@ class VLLMEngine:
             import gc
 
             gc.collect()
-
-
-def _positions(p: Any) -> tuple:
-    if isinstance(p, Window):
-        start = p.start[0] if isinstance(p.start, tuple) else p.start
-        end = p.end[0] if isinstance(p.end, tuple) else p.end
-        return ("window", int(start), None if end is None else int(end))
-    if isinstance(p, Trigger):
-        return ("trigger", p.token_ids)
-    return (str(p),)
-
-
-def _worker_steps(ivs: list[Intervention]) -> dict[int, list[WorkerStep]]:
-    """One row's interventions as the worker applies them: per layer, in the given order."""
-    out: dict[int, list[WorkerStep]] = {}
-    for l in sorted({l for iv in ivs for l in iv.steered_layers}):
-        for i, iv in enumerate(ivs):
-            if l not in iv.steered_layers:
-                continue
-            st = _step(i, iv, l, torch.device("cpu"), torch.float32)
-            alpha = float(torch.as_tensor(iv.alpha, dtype=torch.float32).reshape(-1)[0])
-            vid = hashlib.sha256(st.vector.numpy().tobytes()).hexdigest()[:16]
-            out.setdefault(l, []).append(
-                WorkerStep(iv.op, st.vector, vid, alpha * st.scale, _positions(iv.positions))
-            )
-    return out
 
 
 def vllm_engine(model: Model, **options: Any) -> VLLMEngine:

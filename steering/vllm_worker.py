@@ -37,7 +37,7 @@ CAPTURE_KEY = "steerlens_capture"  # extra_args: capture this request's residual
 
 @dataclass(frozen=True)
 class WorkerStep:
-    """One intervention at one layer, as the worker applies it (built client-side by ``engine._steps``)."""
+    """One intervention at one layer, as the worker applies it (built client-side by ``vllm_specs``)."""
 
     op: str
     vector: Tensor  # [d_model], add-type ops with the unit scale folded in

@@ -68,14 +68,7 @@ def collect(
     keep = [pos.select(i, t) for i, t in enumerate(tokens)]
     if not any(keep):
         raise EmptyInput(f"positions {pos.spec!r} select no tokens in any of the {len(tokens)} inputs")
-    manifest = _manifest(model, site_objs, pos, tokens, keep, dtype)
-    if path is None:
-        from .weights import cache_root
-
-        key = hashlib.sha256(json_key(manifest).encode()).hexdigest()[:16]
-        path = cache_root() / "activations" / key
-    path = Path(path)
-    store = _open_or_create(path, manifest, overwrite)
+    store = open_store(path, _manifest(model, site_objs, pos, tokens, keep, dtype), overwrite)
     if store.complete:
         return store
     _run(model, store, site_objs, tokens, keep, batch_size, dtype, int(shard_mb * 2**20), progress)
@@ -122,7 +115,15 @@ def json_key(manifest: dict[str, Any]) -> str:
     return repr(sorted((k, str(v)) for k, v in manifest.items()))
 
 
-def _open_or_create(path: Path, manifest: dict[str, Any], overwrite: bool) -> ActivationStore:
+def open_store(path: str | Path | None, manifest: dict[str, Any], overwrite: bool = False) -> ActivationStore:
+    """The store for ``manifest`` at ``path`` (default: the activations cache, keyed by the manifest): an
+    existing one with the same manifest is reused (complete or to resume), one with another manifest refused
+    unless ``overwrite``, else a new one created."""
+    if path is None:
+        from .weights import cache_root
+
+        path = cache_root() / "activations" / hashlib.sha256(json_key(manifest).encode()).hexdigest()[:16]
+    path = Path(path)
     if (path / "manifest.json").exists():
         if overwrite:
             shutil.rmtree(path)

@@ -149,34 +149,59 @@ def generate_detailed(
         )
     if engine != "hf":
         raise SteerlensError(f"engine={engine!r}: expected 'hf' or 'vllm'")
-    tok = model.tokenizer
-    if any(isinstance(p, str) for p in prompts) and not all(isinstance(p, str) for p in prompts):
+    return _generate_hf(
+        model, prompt_ids(model, prompts), max_new_tokens, batch_size, stop, do_sample, temperature, seed,
+        steering, progress, min_tokens,
+    )  # fmt: skip
+
+
+def prompt_ids(model: Model, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+    """Token ids of each prompt, for every engine: texts tokenized as ``Model.tokenize`` does, token-id lists
+    used as given (no BOS or template added); one kind per call."""
+    kinds = {isinstance(p, str) for p in prompts}
+    if len(kinds) > 1:
         raise SteerlensError("prompts mix texts and token-id lists; give one kind")
-    ids: list[list[int]] = (
-        model.tokenize([str(p) for p in prompts])
-        if prompts and isinstance(prompts[0], str)
-        else [[int(t) for t in p] for p in prompts]
-    )
+    if True in kinds:
+        return model.tokenize([str(p) for p in prompts])
+    return [[int(t) for t in p] for p in prompts]
+
+
+def finished(tok: Any, new: Sequence[int], min_tokens: int, stop: Sequence[str], budget: int) -> Generated:
+    """One continuation's ``Generated`` from its new token ids (EOS or pad ends it; the text is cut before the
+    first stop string that starts after the first ``min_tokens`` tokens), for every engine."""
+    enders = {tok.pad_token_id, tok.eos_token_id} - {None}
+    n = next((k for k, t in enumerate(new) if t in enders), len(new))
+    text = tok.decode(list(new[:n]), skip_special_tokens=True)
+    head = len(tok.decode(list(new[: min(min_tokens, n)]), skip_special_tokens=True))
+    cut = text[:head] + cut_at(text[head:], stop)
+    return Generated(cut, n, n >= budget and len(cut) == len(text))
+
+
+def _generate_hf(
+    model: Model,
+    ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    stop: Sequence[str],
+    do_sample: bool,
+    temperature: float,
+    seed: int,
+    steering: BatchSteering | None,
+    progress: bool,
+    min_tokens: int,
+) -> list[Generated]:
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
-    pad = tok.pad_token_id
-    enders = {pad, tok.eos_token_id} - {None}
     batches: Any = left_padded_batches(model, ids, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="generate", unit="batch", total=-(-len(ids) // batch_size))
     for b in batches:
-        rows, width = b.rows, b.width
         kw = _generate_kwargs(model, b, max_new_tokens, do_sample, temperature, seed, stop, min_tokens)
-        with steered_batch(steering, model, rows), torch.no_grad():
+        with steered_batch(steering, model, b.rows), torch.no_grad():
             gen = model.hf.generate(b.ids, **kw)  # type: ignore[operator]
-        for j, i in enumerate(rows):
-            new = gen[j, width:].tolist()
-            n = next((k for k, t in enumerate(new) if t in enders), len(new))
-            text = tok.decode(new[:n], skip_special_tokens=True)
-            head = len(tok.decode(new[: min(min_tokens, n)], skip_special_tokens=True))
-            cut = text[:head] + cut_at(text[head:], stop)
-            out[i] = Generated(cut, n, n >= max_new_tokens and len(cut) == len(text))
+        for j, i in enumerate(b.rows):
+            out[i] = finished(model.tokenizer, gen[j, b.width :].tolist(), min_tokens, stop, max_new_tokens)
     return out
 
 

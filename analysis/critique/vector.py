@@ -22,7 +22,8 @@ from steerlens.errors import SteerlensError
 from steerlens.inputs import Example
 from steerlens.model import Model
 from steerlens.probes.linear import LayerSweep, Logistic, ProbeScore, fit_logistic, group_split, probe_layers
-from steerlens.probes.traces import InjectionRun, trace_examples
+from steerlens.probes.trace_spans import trace_examples
+from steerlens.probes.traces import InjectionRun
 from steerlens.stats import N_BOOT
 from steerlens.steering.build import Method, vector_from_activations
 from steerlens.steering.vector import SteeringVector

@@ -19,7 +19,8 @@ from steerlens.cli import main
 from steerlens.errors import SteerlensError
 from steerlens.probes.detection import synthetic_detection_set
 from steerlens.probes.linear import group_split
-from steerlens.probes.traces import error_injected_reasoning, trace_examples
+from steerlens.probes.trace_spans import trace_examples
+from steerlens.probes.traces import error_injected_reasoning
 from steerlens.stats import N_BOOT
 from steerlens.steering import SteeringVector
 

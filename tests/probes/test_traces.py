@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from steerlens.probes.trace_spans import trace_examples
 from steerlens.probes.traces import (
     EQUATION,
     InjectionRun,
@@ -11,7 +12,6 @@ from steerlens.probes.traces import (
     _grade_continuation,
     error_injected_reasoning,
     inject_error,
-    trace_examples,
 )
 from steerlens.tasks import arithmetic_problems
 
