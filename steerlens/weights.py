@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+from .errors import SteerlensError
 from .files import read_json, write_json
 from .registry import EmbeddedModel
 
 _MARKER = "steerlens-cache.json"
+_FORMAT = 2  # 2: the tokenizer adds BOS wherever the GGUF asks for it (whatever the transformers version)
 
 
 def cache_root() -> Path:
@@ -31,9 +34,9 @@ def cached_model_dir(model: EmbeddedModel, verbose: bool = True) -> Path:
 
     tf = ".".join(transformers.__version__.split(".")[:2])
     final = cache_root() / "models" / f"{model.name}-{version}-tf{tf}"
-    if (final / _MARKER).exists() and read_json(final / _MARKER).get("complete"):
+    if (final / _MARKER).exists() and read_json(final / _MARKER).get("format") == _FORMAT:
         return final
-    if final.exists():  # left over from an older, interrupted layout: rebuild it
+    if final.exists():  # interrupted, or written by an older steerlens: rebuild it
         shutil.rmtree(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -44,7 +47,13 @@ def cached_model_dir(model: EmbeddedModel, verbose: bool = True) -> Path:
         _dequantize_into(model, tmp)
         write_json(
             tmp / _MARKER,
-            {"complete": True, "model": model.name, "package_version": version, "transformers": tf},
+            {
+                "complete": True,
+                "format": _FORMAT,
+                "model": model.name,
+                "package_version": version,
+                "transformers": tf,
+            },
         )
         try:
             os.replace(tmp, final)
@@ -62,6 +71,7 @@ def _dequantize_into(model: EmbeddedModel, out: Path) -> None:
 
     gguf = model.gguf(out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _keep_bos(tokenizer, gguf)
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained until its quantizer is detached (DESIGN.md).
     hf.hf_quantizer = None  # type: ignore[assignment]
@@ -71,3 +81,20 @@ def _dequantize_into(model: EmbeddedModel, out: Path) -> None:
     tokenizer.save_pretrained(out)
     if gguf.parent == out:  # an assembled copy we made: the safetensors replace it
         gguf.unlink()
+
+
+def _keep_bos(tokenizer: Any, gguf: Path) -> None:
+    """Make the tokenizer add BOS when the GGUF says so: transformers 5.19 (the vLLM venv's) converts gemma's
+    GGUF tokenizer without it, and gemma without <bos> is a different, broken model."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get("tokenizer.ggml.add_bos_token")
+    wants = bool(field is not None and field.contents())
+    bos = tokenizer.bos_token_id
+    if wants and bos is not None and tokenizer("a")["input_ids"][:1] != [bos]:
+        tokenizer.add_bos_token = True
+        if tokenizer("a")["input_ids"][:1] != [bos]:
+            raise SteerlensError(
+                f"{gguf.name}: the GGUF asks for BOS but transformers' tokenizer will not add it; report the "
+                "transformers version (pip show transformers)"
+            )

@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("vllm")
 
+from steerlens.errors import StoreMismatch
 from steerlens.generation import generate
 from steerlens.steering import Intervention, RowSteering, Trigger, Window, steer
 
@@ -191,6 +192,16 @@ def test_capture_equals_hf_hidden_states(served, tmp_path):
     h = store[f"blocks.{L + 1}.hook_resid_post"][rows]
     assert torch.equal(h, cap[(1, L + 1)][1]) and store.position[rows].tolist() == cap[(1, L + 1)][0].tolist()
     assert engine.capture_store(tmp_path / "store").path == store.path  # the same manifest: reused
+    engine.generate_detailed(PROMPTS[:1], max_new_tokens=2, capture=[L])
+    with pytest.raises(StoreMismatch, match="other settings"):  # never silently replaces another store
+        engine.capture_store(tmp_path / "store")
+    assert engine.capture_store(tmp_path / "store", overwrite=True).manifest["n_examples"] == 1
+
+
+def test_gemma_adds_bos_on_this_transformers(gemma):
+    """The vLLM venv's transformers converts gemma's GGUF tokenizer without BOS; the cache restores it (the
+    GGUF asks for it), so gemma's results here are gemma's."""
+    assert gemma.tokenize("When Mary and John went")[0][0] == gemma.tokenizer.bos_token_id
 
 
 def test_active_steer_context_reaches_vllm(served):
