@@ -51,6 +51,7 @@ class ScalingConfig(StudyConfig):
 
     n_problems: held-out synthetic addition problems (seed + 5000)
     steps, max_operand: their difficulty (default: the critique run's, so the vector is used where it was built)
+    shots: worked examples in the prompt (default: the critique run's, the prompt the vector was read from)
     samples: parallel samples per problem (accuracy at N = 1, 2, 4, ... up to this)
     rounds: "Wait" rounds after the first answer
     budget: generated tokens per round
@@ -67,6 +68,7 @@ class ScalingConfig(StudyConfig):
     n_problems: int = 24
     steps: int | None = None
     max_operand: int | None = None
+    shots: int | None = None
     samples: int = 8
     rounds: int = 2
     budget: int = 96
@@ -211,36 +213,51 @@ def scaling_comparison(
         )
     say = Stages("tts", 3, progress)
     problems = held_out_problems(cfg)
-    at = vector.select([layer])
-    conditions: dict[str, list[Intervention]] = {
-        "unsteered": [],
-        f"critique (alpha {cfg.alpha})": [
-            Intervention(at, alpha=cfg.alpha, units=cfg.units, positions="generated")
-        ],
-        f"random control (alpha {cfg.alpha})": [
-            Intervention(
-                at.random_like(cfg.seed + 1), alpha=cfg.alpha, units=cfg.units, positions="generated"
-            )
-        ],
-    }
+    conditions = _conditions(vector.select([layer]), cfg)
     verifier = None  # one probe scores every condition's samples
     if probe is not None and probe_layer is not None:
         verifier = probe_verifier(model, probe, probe_layer, name="critique_probe")
-    par, seq = {}, {}
+    par, seq, shots = {}, {}, 3 if cfg.shots is None else cfg.shots
     for name, ivs in conditions.items():
         say.stage(
             f"{name}: {cfg.samples} samples x {cfg.n_problems} problems, then {cfg.rounds} 'Wait' rounds"
         )
         par[name] = parallel(
-            model, problems, n=cfg.samples, seed=cfg.seed, steering=ivs, verifier=verifier, engine=cfg.engine
+            model,
+            problems,
+            n=cfg.samples,
+            seed=cfg.seed,
+            steering=ivs,
+            verifier=verifier,
+            shots=shots,
+            engine=cfg.engine,
         )
         seq[name] = wait_stacking(
-            model, problems, rounds=cfg.rounds, budget=cfg.budget, steering=ivs, engine=cfg.engine
+            model,
+            problems,
+            rounds=cfg.rounds,
+            budget=cfg.budget,
+            steering=ivs,
+            shots=shots,
+            engine=cfg.engine,
         )
-    kept = ("n_problems", "steps", "max_operand", "seed", "rounds", "budget", "alpha", "units", "engine")
-    settings = {"model": model.name, "n": cfg.samples, "layer": layer, "probe_layer": probe_layer}
-    settings |= {k: getattr(cfg, k) for k in kept}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("samples", "n_boot")}  # + the run's:
+    settings |= {"model": model.name, "n": cfg.samples, "layer": layer, "probe_layer": probe_layer}
     return ScalingComparison(par, seq, settings, n_boot=cfg.n_boot)
+
+
+def _conditions(at: SteeringVector, cfg: ScalingConfig) -> dict[str, list[Intervention]]:
+    """Unsteered; the vector on generated tokens; a random direction of equal norm likewise."""
+    control = at.random_like(cfg.seed + 1)
+    return {
+        "unsteered": [],
+        f"critique (alpha {cfg.alpha})": [
+            Intervention(at, alpha=cfg.alpha, units=cfg.units, positions="generated")
+        ],
+        f"random control (alpha {cfg.alpha})": [
+            Intervention(control, alpha=cfg.alpha, units=cfg.units, positions="generated")
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -348,6 +365,7 @@ def run(
         cfg,
         steps=made.steps if cfg.steps is None else cfg.steps,
         max_operand=made.max_operand if cfg.max_operand is None else cfg.max_operand,
+        shots=made.shots if cfg.shots is None else cfg.shots,
     )
     layer = cfg.layer if cfg.layer is not None else cv.layer
     comp = scaling_comparison(

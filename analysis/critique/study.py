@@ -65,7 +65,7 @@ class CritiqueConfig(StudyConfig):
     engine: decoding engine of traces and continuations: 'hf' (transformers generate) or 'vllm' (`make vllm`)
     """
 
-    QUICK: ClassVar[dict[str, Any]] = dict(n=24, n_detect=12, n_calibrate=8, alphas=(-0.2, 0.0, 0.2))
+    QUICK: ClassVar[dict[str, Any]] = dict(n=24, n_detect=12, n_calibrate=8, alphas=(-0.2, 0.0, 0.2), shots=1)
 
     n: int = 200
     steps: int = (

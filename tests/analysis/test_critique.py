@@ -119,6 +119,8 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
         str(out),
         "--n",
         "24",
+        "--shots",
+        "1",  # the shortest prompt: the suite's time goes to prefilling few-shot prompts
         "--n-detect",
         "12",
         "--mode",
@@ -139,7 +141,9 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
     vec = SteeringVector.load(out / "critique_vector.safetensors")
     assert vec.settings["kind"] == "critique"
     study = CritiqueStudy.load(out)
-    assert study.config == CritiqueConfig(n=24, n_detect=12, mode="templated", alphas=(-0.1, 0.0, 0.1))
+    assert study.config == CritiqueConfig(
+        n=24, n_detect=12, mode="templated", alphas=(-0.1, 0.0, 0.1), shots=1
+    )
     assert len(study.run.records[0].trace.split("Step")) == 5  # the default difficulty: 4 steps
     assert study.critique.layer == json.loads((out / "metrics.json").read_text())["probe"]["chosen_layer"]
     capsys.readouterr()
@@ -167,7 +171,13 @@ def test_config_defaults_flags_and_quick_sizes():
     )
     assert cfg.alphas == (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2) and cfg.n_boot == N_BOOT
     quick = CritiqueConfig.quick()
-    assert (quick.n, quick.n_detect, quick.n_calibrate, quick.alphas) == (24, 12, 8, (-0.2, 0.0, 0.2))
+    assert (quick.n, quick.n_detect, quick.n_calibrate, quick.alphas, quick.shots) == (
+        24,
+        12,
+        8,
+        (-0.2, 0.0, 0.2),
+        1,
+    )
     assert CritiqueConfig.from_dict(json.loads(json.dumps(quick.to_dict()))) == quick
     args = _parser().parse_args(["critique", "--alphas=-0.1,0,0.1", "--mode", "templated", "--n-boot", "7"])
     got = CritiqueConfig.from_args(args)

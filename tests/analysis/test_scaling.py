@@ -141,7 +141,7 @@ def test_probe_is_read_at_its_own_layer_and_the_study_round_trips(smol, vec, pro
     with pytest.raises(SteerlensError, match="probe_layer"):
         scaling_comparison(smol, cfg, vec, 10, probe=probe, progress=False)
     study = scaling.run(smol, cfg.replace(layer=10), _tiny_critique(vec, 20, probe), progress=False)
-    assert seen == [20, 20, 20]
+    assert seen == [20]  # one verifier, at the probe's layer, scores all three conditions
     assert (study.comparison.settings["layer"], study.comparison.settings["probe_layer"]) == (10, 20)
     # the problems have the critique run's difficulty, where the vector was built
     assert (
@@ -189,7 +189,8 @@ def test_cli_reads_a_critique_run_directory(smol, vec, probe, tmp_path, capsys):
     for name in ("tts.json", "tts_results.json", "config.json", "tts_curves.html"):
         assert (out / name).exists(), name
     study = ScalingStudy.load(out)
-    assert study.config == ScalingConfig.quick(n_problems=1, budget=8, layer=10, steps=2, max_operand=7)
+    want = ScalingConfig.quick(n_problems=1, budget=8, layer=10, steps=2, max_operand=7, shots=3)
+    assert study.config == want  # difficulty and prompt (shots) from the critique run
     assert (study.comparison.settings["layer"], study.comparison.settings["probe_layer"]) == (10, 20)
     # the problems have the critique run's difficulty, where the vector was built
     assert (
