@@ -309,10 +309,8 @@ class VLLMEngine:
         ]
         keep = [cap[(i, layers[0])][0].tolist() for i in range(len(prompts))]
         sites = [f"blocks.{l}.hook_resid_post" for l in layers]
-        d, steering = (
-            self.model.cfg.d_model,
-            "|".join(f"{i}:{iv.fingerprint()}" for i, iv in enumerate(rs.interventions)),
-        )
+        d = self.model.cfg.d_model
+        steering = "|".join(f"{i}:{iv.fingerprint()}" for i, iv in enumerate(rs.interventions))
         manifest = {
             "model": self.model.name,
             "d_model": d,

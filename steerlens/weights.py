@@ -86,12 +86,13 @@ def _dequantize_into(model: EmbeddedModel, out: Path) -> None:
 def _keep_bos(tokenizer: Any, gguf: Path) -> None:
     """Make the tokenizer add BOS when the GGUF says so: transformers 5.19 (the vLLM venv's) converts gemma's
     GGUF tokenizer without it, and gemma without <bos> is a different, broken model."""
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer("a")["input_ids"][:1] == [bos]:
+        return  # nothing to add, or added already: the GGUF need not be parsed again
     from gguf import GGUFReader
 
     field = GGUFReader(gguf).fields.get("tokenizer.ggml.add_bos_token")
-    wants = bool(field is not None and field.contents())
-    bos = tokenizer.bos_token_id
-    if wants and bos is not None and tokenizer("a")["input_ids"][:1] != [bos]:
+    if field is not None and field.contents():
         tokenizer.add_bos_token = True
         if tokenizer("a")["input_ids"][:1] != [bos]:
             raise SteerlensError(
