@@ -33,7 +33,7 @@ from steerlens.sites import block_path, decoder_body, first_tensor, mlp_out_is_r
 from .fused import UNIFORM, apply_steps
 from .intervention import Intervention
 from .ops import OPS, Op
-from .positions import Positions, SequenceState, Trigger, Window
+from .positions import Positions, SequenceState, Trigger, Window, spares_prefix
 from .vector import SteeringVector, Units
 
 Fold = bool | Literal["auto"]  # "auto": fold where exact; False: hooks only; True: everything must fold
@@ -199,6 +199,21 @@ class Steering:
 
     def new_sequence(self) -> None:
         self._state.new_sequence()
+
+    def spares_prefix(self, prefix: Tensor) -> bool:
+        """Whether a forward of ``prefix`` alone (batch 1, the first tokens of every prompt) is left untouched
+        by this context, so its KV cache can be shared; never for per-row values (sized for a whole batch)."""
+        if any(
+            iv.per_row or (isinstance(iv.positions, Window) and iv.positions.per_row)
+            for iv in self.interventions
+        ):
+            return False
+        return spares_prefix([iv.positions for iv in self.interventions], prefix)
+
+    def prefix_cached(self, prefix: Tensor, pads: Tensor) -> None:
+        """The next forward continues a cache of ``prefix`` [batch, n] with the rest of each prompt, placed
+        after ``pads`` [batch] pad tokens (see ``SequenceState.prefix_cached``)."""
+        self._state.prefix_cached(prefix, pads)
 
 
 @contextlib.contextmanager

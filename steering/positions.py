@@ -44,6 +44,10 @@ class Window:
         object.__setattr__(self, "start", _rows(self.start))
         object.__setattr__(self, "end", _rows(self.end))
 
+    @property
+    def per_row(self) -> bool:
+        return isinstance(self.start, tuple) or isinstance(self.end, tuple)
+
 
 @dataclass(frozen=True)
 class Trigger:
@@ -69,7 +73,9 @@ class SequenceState:
     seq: int = 0
     batch: int = 0
     prompt_len: int = 0
-    row_start: Tensor | None = None  # [batch] leading pad count per row
+    row_start: Tensor | None = None  # [batch] pad count per row
+    pad_from: int = 0  # absolute index where each row's pads begin (0: left padding; after a shared prefix)
+    prompt_continues: bool = False  # the next chunk after the cache is still prompt (see ``prefix_cached``)
     rows: Tensor | None = None  # original batch rows still decoding (after finished rows were dropped)
     trigger_from: dict[tuple[int, ...], Tensor] = field(
         default_factory=dict
@@ -81,6 +87,7 @@ class SequenceState:
     def new_sequence(self) -> None:
         """Forget the sequence: the next forward is a new prompt whatever its ids."""
         self.row_start, self.rows, self.ids, self.trigger_from = None, None, None, {}
+        self.pad_from, self.prompt_continues = 0, False
 
     def resume(self, ids: Tensor, attention_mask: Tensor | None = None) -> None:
         """Declare that a KV cache built outside this context holds ``ids`` (the prompt): the next forward
@@ -88,6 +95,14 @@ class SequenceState:
         self.new_sequence()
         self.begin(ids, ids.shape[0], ids.shape[1], 0, attention_mask)
         self.offset = ids.shape[1]
+
+    def prefix_cached(self, prefix: Tensor, pads: Tensor) -> None:
+        """Declare a shared-prefix layout: the KV cache passed to the next forward holds ``prefix``
+        ([batch, n], the same first tokens of every row's prompt) and that forward's tokens are the rest of
+        the prompt, ``pads[r]`` pad tokens and then row r's own tokens. Windows count real tokens only."""
+        self.new_sequence()
+        self.begin(prefix, prefix.shape[0], prefix.shape[1], 0, None)
+        self.row_start, self.pad_from, self.prompt_continues = pads.cpu(), prefix.shape[1], True
 
     def keep_rows(self, index: Tensor) -> None:
         """Follow a decoder that dropped finished rows from its batch (and KV cache)."""
@@ -125,12 +140,14 @@ class SequenceState:
         if offset > 0:
             if self.row_start is None:  # a decoder prefilled outside this context: its cache is the prompt
                 self.prompt_len, self.row_start, self.ids = offset, torch.zeros(batch, dtype=torch.long), None
+            if self.prompt_continues:  # the chunk after a shared prefix is the rest of the prompt
+                self.prompt_len, self.prompt_continues = offset + seq, False
             if self.ids is not None and ids_or_key is not None and self.ids.shape[1] == offset:
                 self.ids = torch.cat([self.ids, ids_or_key], dim=1)
             else:
                 self.ids = None
         elif not self._extends(ids_or_key, batch, seq):
-            self.prompt_len, self.rows, self.trigger_from = seq, None, {}
+            self.prompt_len, self.rows, self.trigger_from, self.pad_from = seq, None, {}, 0
             if attention_mask is not None and attention_mask.shape == (batch, seq):
                 self.row_start = (attention_mask.cumsum(-1) == 0).sum(-1).cpu()
             else:
@@ -175,8 +192,10 @@ class SequenceState:
             elif positions == "generated":
                 m = absolute >= self.prompt_len
             elif isinstance(positions, Window):
-                rel = absolute - self.row_start[:, None]
-                m = rel >= self._per_row(positions.start, "start")
+                pads = self.row_start[:, None]
+                after = absolute >= self.pad_from + pads  # real tokens after the row's pads
+                rel = torch.where(after, absolute - pads, absolute)  # index among the row's real tokens
+                m = ((absolute < self.pad_from) | after) & (rel >= self._per_row(positions.start, "start"))
                 if positions.end is not None:
                     m = m & (rel < self._per_row(positions.end, "end"))
             elif isinstance(positions, Trigger):
@@ -185,3 +204,15 @@ class SequenceState:
                 raise SteerlensError(f"bad positions {positions!r}")
             self.masks[positions] = m.to(device)
         return self.masks[positions]
+
+
+def spares_prefix(positions: Sequence[Positions], prefix: Tensor) -> bool:
+    """Whether none of ``positions`` acts on any token of ``prefix`` ([batch, n], the first tokens of every
+    row's prompt): only then may that prefix's KV cache be computed once, unsteered, and shared by the rows."""
+    state = SequenceState(triggers=list(dict.fromkeys(p for p in positions if isinstance(p, Trigger))))
+    state.begin(prefix, prefix.shape[0], prefix.shape[1], 0, None)
+    for p in positions:
+        m = state.mask(p, prefix.device)
+        if m is None or bool(m.any()):
+            return False
+    return True

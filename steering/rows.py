@@ -20,7 +20,7 @@ from steerlens.errors import SteerlensError
 from steerlens.model import Model
 
 from .apply import Intervention, Steering, steer
-from .positions import Positions, Window
+from .positions import Positions, Window, spares_prefix
 from .vector import SteeringVector, Units
 
 
@@ -75,6 +75,11 @@ class RowSteering:
         if n is not None and any(not 0 <= r < n for r in rows):
             raise SteerlensError(f"rows {list(rows)} outside the {n} rows the per-row values cover")
         return [_select(iv, list(rows)) for iv in self.interventions]
+
+    def spares_prefix(self, rows: Sequence[int], prefix: torch.Tensor) -> bool:
+        """Whether steering the batch of ``rows`` leaves ``prefix`` ([len(rows), n], the first tokens of every
+        prompt) untouched, so its KV cache may be computed once without this steering and shared."""
+        return spares_prefix([iv.positions for iv in self.for_rows(rows)], prefix)
 
     @contextlib.contextmanager
     def batch(self, model: Model, rows: Sequence[int]) -> Iterator[Steering | None]:

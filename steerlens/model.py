@@ -62,6 +62,10 @@ class ActiveSteering(Protocol):
 
     def new_sequence(self) -> None: ...
 
+    def spares_prefix(self, prefix: torch.Tensor) -> bool: ...
+
+    def prefix_cached(self, prefix: torch.Tensor, pads: torch.Tensor) -> None: ...
+
 
 class Model:
     """A causal LM with three views over the same parameters.
