@@ -293,19 +293,15 @@ def next_token_logprobs(
     """``[len(prompts), len(candidates)]`` log-probabilities of each candidate token right after each prompt.
 
     Left padding with explicit position ids and only the last position's logits computed, so a batch costs
-    one body forward plus one unembedding row per prompt. ``steering`` as in ``generate``.
+    one body forward plus one unembedding row per prompt; the prompts' shared prefix runs once (as in
+    ``generate``). ``steering`` as in ``generate``.
     """
     if not prompts:
         raise EmptyInput("next_token_logprobs() got no prompts")
     ids = model.tokenize(list(prompts))
     out = torch.empty(len(ids), len(candidates))
     cand = torch.tensor(list(candidates), device=model.device)
-    for b in left_padded_batches(model, ids, batch_size):
-        with steered_batch(steering, model, b.rows), torch.no_grad():
-            model.new_sequence()
-            logits = model.hf(
-                b.ids, attention_mask=b.mask, position_ids=b.position_ids, logits_to_keep=1
-            ).logits
+    for b, logits, _ in _scored_batches(model, ids, ids, batch_size, steering, last_only=True):
         out[b.rows] = torch.log_softmax(logits[:, -1].float(), -1)[:, cand].cpu()
     return out
 
@@ -333,15 +329,45 @@ def continuation_logprobs(
                 "begin it with a space or end the prompt with one"
             )
     total, greedy = torch.zeros(len(full)), torch.zeros(len(full), dtype=torch.bool)
-    for b in left_padded_batches(model, full, batch_size):
-        with steered_batch(steering, model, b.rows), torch.no_grad():
-            model.new_sequence()
-            logits = model.hf(b.ids, attention_mask=b.mask, position_ids=b.position_ids).logits.float()
-        lp = torch.log_softmax(logits[:, :-1], -1)
+    for b, logits, skip in _scored_batches(model, full, heads, batch_size, steering, last_only=False):
+        lp = torch.log_softmax(logits[:, :-1].float(), -1)
         for j, i in enumerate(b.rows):
             n, k = len(full[i]), len(heads[i])
             pos = torch.arange(b.width - n + k - 1, b.width - 1)  # positions predicting the continuation
             target = b.ids[j, pos + 1]
-            total[i] = lp[j, pos, target].sum().cpu()
-            greedy[i] = bool((lp[j, pos].argmax(-1) == target).all())
+            total[i] = lp[j, pos - skip, target].sum().cpu()
+            greedy[i] = bool((lp[j, pos - skip].argmax(-1) == target).all())
     return total, greedy
+
+
+def _scored_batches(
+    model: Model,
+    ids: list[list[int]],
+    heads: list[list[int]],
+    batch_size: int,
+    steering: BatchSteering | None,
+    last_only: bool,
+) -> Iterator[tuple[Batch, torch.Tensor, int]]:
+    """One forward per batch of ``ids``, the shared prefix of ``heads`` (each a prefix of its row, and
+    covering every position whose logits are read) run once. Yields ``(batch, logits, skip)``: ``logits``
+    cover positions ``skip:`` of the batch (only the last with ``last_only``)."""
+    shared = SharedPrefix.plan(model, heads, 0)
+    for b in left_padded_batches(model, ids, batch_size):
+        sp = shared if shared is not None and shared.usable(model, steering, b.rows) else None
+        kw: dict[str, Any] = {}
+        if sp is not None:
+            kw[CACHE_KW], b = sp.cache_for(model, len(b.rows)), sp.layout(b)
+        skip = len(sp.ids) if sp is not None else 0
+        with steered_batch(steering, model, b.rows), torch.no_grad():
+            if sp is not None:
+                sp.declare(model, b)
+            else:
+                model.new_sequence()
+            out = model.hf(
+                b.ids[:, skip:],
+                attention_mask=b.mask,
+                position_ids=b.position_ids[:, skip:],
+                logits_to_keep=1 if last_only else 0,
+                **kw,
+            )
+        yield b, out.logits, skip

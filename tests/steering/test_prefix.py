@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from steerlens.generation import generate_detailed
+from steerlens.generation import continuation_logprobs, generate_detailed, next_token_logprobs
 from steerlens.prefix import MIN_SHARED, SharedPrefix, common_prefix
 from steerlens.steering import Intervention, RowSteering, Trigger, Window, steer
 from steerlens.steering.positions import spares_prefix
@@ -30,7 +30,14 @@ CASES = {"smollm2-135m-instruct": 16, "gemma-3-270m": 8}
 LAYERS = (1, 3, 6)
 BUDGET = 6
 TOL = 1e-4  # a chosen token may trail the reference's best logit by this (relative): float near-ties only
-TALLY: dict[str, int] = {"cases": 0, "shared": 0, "unshared": 0, "steered_changed": 0}
+TALLY: dict[str, int] = {
+    "cases": 0,
+    "shared": 0,
+    "unshared": 0,
+    "steered_changed": 0,
+    "scored_shared": 0,
+    "scored_unshared": 0,
+}
 
 
 def test_common_prefix_leaves_each_prompt_a_token():
@@ -162,3 +169,75 @@ def test_prefix_tally_is_not_vacuous():
     print(f"prefix test: {TALLY}")
     assert TALLY["shared"] >= 5 and TALLY["unshared"] >= 5, TALLY
     assert TALLY["steered_changed"] >= 5, TALLY
+    assert TALLY["scored_shared"] >= 2 and TALLY["scored_unshared"] >= 2, TALLY
+
+
+PREAMBLE = "Answer each question with care, checking every step of the working before you reply. "
+WORDS = [
+    "Is",
+    "the",
+    "sum",
+    "of",
+    "seven",
+    "and",
+    "five",
+    "twelve",
+    "?",
+    "Yes",
+    "no",
+    "maybe",
+    "river",
+    "blue",
+]
+
+
+@st.composite
+def text_cases(draw, model, vectors):
+    shared = draw(st.booleans())
+    n = draw(st.integers(2, 4))
+    prompts = [
+        (PREAMBLE if shared else draw(st.sampled_from(WORDS)) + " ")
+        + " ".join(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=6)))
+        for _ in range(n)
+    ]
+    pool = [t for p in model.tokenize(prompts) for t in p]
+    row_ivs = [draw(interventions(vectors, n, pool, True)) for _ in range(draw(st.integers(0, 2)))]
+    conts = [" " + draw(st.sampled_from(WORDS)) + " " + draw(st.sampled_from(WORDS)) for _ in range(n)]
+    return dict(prompts=prompts, conts=conts, batch=draw(st.integers(1, 3)), row_ivs=row_ivs)
+
+
+def test_shared_prefix_scoring_equals_reference(model, vectors, monkeypatch):
+    """``next_token_logprobs`` and ``continuation_logprobs`` (prefix shared where steering allows) equal the
+    reference's log-probabilities of each row alone."""
+    used = []
+    layout = SharedPrefix.layout
+    monkeypatch.setattr(SharedPrefix, "layout", lambda self, b: used.append(1) or layout(self, b))
+    cand = model.tokenize([" Yes", " no"])
+    cand = [cand[0][-1], cand[1][-1]]
+
+    @seed(SEED)
+    @settings(max_examples=CASES[model.name] // 2, deadline=None, database=None, phases=[Phase.generate])
+    @given(data=st.data())
+    def run(data):
+        case = data.draw(text_cases(model, vectors))
+        rs = RowSteering(tuple(case["row_ivs"]))
+        nt = next_token_logprobs(model, case["prompts"], cand, batch_size=case["batch"], steering=rs)
+        total, _ = continuation_logprobs(
+            model, case["prompts"], case["conts"], batch_size=case["batch"], steering=rs
+        )
+        TALLY["scored_shared" if used else "scored_unshared"] += 1
+        used.clear()
+        for r, (p, c) in enumerate(zip(case["prompts"], case["conts"], strict=True)):
+            head, ids = model.tokenize(p)[0], model.tokenize(p + c)[0]
+            ivs = [_row(iv, r) for iv in case["row_ivs"]]
+            x = torch.tensor([ids])
+            ref = torch.log_softmax(
+                hf_reference(model, ivs, x, torch.ones_like(x), [len(ids)])[0].float(), -1
+            )
+            x = torch.tensor([head])
+            last = torch.log_softmax(hf_reference(model, ivs, x, torch.ones_like(x), [len(head)])[0, -1], -1)
+            assert torch.allclose(nt[r], last[cand].float(), atol=1e-4), (SEED, r, case)
+            want = sum(float(ref[t - 1, ids[t]]) for t in range(len(head), len(ids)))
+            assert abs(float(total[r]) - want) < 1e-3, (SEED, r, case)
+
+    run()
