@@ -89,11 +89,10 @@ class SharedPrefix:
 
     def layout(self, b: Batch) -> Batch:
         """``b`` (left-padded) re-laid as ``[prefix | pads | own tokens]`` per row."""
-        n, pad = len(self.ids), int(b.ids[b.mask == 0][0]) if bool((b.mask == 0).any()) else 0
-        x, m = b.ids.clone(), b.mask.clone()
+        n, x, m = len(self.ids), b.ids.clone(), b.mask.clone()
         for j, p in enumerate((b.mask == 0).sum(-1).tolist()):
-            if p:
-                x[j, :n], x[j, n : n + p] = b.ids[j, p : p + n], pad
+            if p:  # row j is [pad * p | prefix | own]: its first token is a pad
+                x[j, :n], x[j, n : n + p] = b.ids[j, p : p + n], b.ids[j, 0]
                 m[j, :n], m[j, n : n + p] = 1, 0
         return dataclasses.replace(b, ids=x, mask=m)
 
