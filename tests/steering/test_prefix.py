@@ -57,6 +57,22 @@ def test_which_positions_spare_a_prefix():
     assert spares_prefix([Trigger((9,))], prefix) and not spares_prefix([Trigger((7,))], prefix)
 
 
+def test_plan_refuses_what_could_change_a_number(gemma, monkeypatch):
+    """No sharing past gemma's 512-token sliding window (pads stretch a row's distance to the prefix), with
+    RoPE scaled by length, or where ``generate`` refuses a given cache; otherwise the common prefix."""
+    heads = [[5] * 20 + [6], [5] * 20 + [7, 8]]
+    assert SharedPrefix.plan(gemma, heads, 512, generating=True).ids == [5] * 20
+    assert SharedPrefix.plan(gemma, heads, 513, generating=False) is None
+    assert SharedPrefix.plan(gemma, [[5] * 15 + [6], [5] * 15 + [7]], 100, generating=True) is None  # short
+    monkeypatch.setattr(gemma.hf.generation_config, "cache_implementation", "static")
+    assert SharedPrefix.plan(gemma, heads, 100, generating=True) is None
+    assert SharedPrefix.plan(gemma, heads, 100, generating=False) is not None
+    monkeypatch.setattr(gemma.hf.generation_config, "cache_implementation", None)
+    rope = {"sliding_attention": {"rope_type": "default"}, "full_attention": {"rope_type": "dynamic"}}
+    monkeypatch.setattr(gemma.hf.config.get_text_config(), "rope_parameters", rope)
+    assert SharedPrefix.plan(gemma, heads, 100, generating=False) is None
+
+
 @st.composite
 def cases(draw, vectors):
     n_prefix = draw(st.sampled_from([0, MIN_SHARED, MIN_SHARED + 9]))
