@@ -67,7 +67,8 @@ class SharedPrefix:
         positions a row's cache will hold: pads now sit between the prefix and a row's own tokens), RoPE
         scaled by the sequence length, or a ``generate`` cache implementation that refuses a given cache."""
         prefix = common_prefix(heads)
-        cfg = model.hf.config.get_text_config()
+        config: Any = model.hf.config  # a transformers PretrainedConfig (typed as a Module attribute)
+        cfg = config.get_text_config()
         window = getattr(cfg, "sliding_window", None)
         if len(prefix) < MIN_SHARED or (window is not None and longest > int(window)):
             return None
