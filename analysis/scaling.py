@@ -54,7 +54,7 @@ class ScalingConfig(StudyConfig):
     shots: worked examples in the prompt (default: the critique run's, the prompt the vector was read from)
     samples: parallel samples per problem (accuracy at N = 1, 2, 4, ... up to this)
     rounds: "Wait" rounds after the first answer
-    budget: generated tokens per round
+    budget: generated tokens per sample and per round
     alpha: steering strength on generated tokens, in ``units``
     units: what alpha multiplies ('resid': the mean per-token residual norm at the layer)
     layer: steering layer (default: the layer the critique run chose; the probe always reads its own layer)
@@ -227,6 +227,7 @@ def scaling_comparison(
             problems,
             n=cfg.samples,
             seed=cfg.seed,
+            max_new_tokens=cfg.budget,  # the round budget of the sequential loop: both loops think as long
             steering=ivs,
             verifier=verifier,
             shots=shots,

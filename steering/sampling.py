@@ -1,6 +1,7 @@
-"""N samples from one prompt sharing a single prefill: the prompt's KV cache is computed once and expanded to
-N rows, each row draws from its own seeded generator (so a sample does not depend on which others share the
-batch), and finished rows leave the batch early."""
+"""Seeded sampling. ``sample``: N samples from one prompt sharing a single prefill (the prompt's KV cache is
+computed once and expanded to N rows), each row drawing from its own seeded generator (so a sample does not
+depend on which others share the batch), finished rows leaving the batch early. ``sample_many``: the same
+draws for many prompts decoded together, the fast path for test-time scaling, tested against ``sample``."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Cache
+from transformers import Cache, LogitsProcessor
 
 from steerlens.errors import EmptyInput, SteerlensError
-from steerlens.generation import Engine, cut_at
+from steerlens.generation import Engine, _generate_hf, cut_at, prompt_ids
 from steerlens.model import Model
 from steerlens.prefix import CACHE_KW, cache_of
 
@@ -71,10 +72,7 @@ def sample(
     """
     if not seeds:
         raise EmptyInput("sample() needs at least one seed")
-    if temperature <= 0:
-        raise SteerlensError(f"temperature={temperature}: must be > 0 (use steerlens.generate for greedy)")
-    if not 0 < top_p <= 1:
-        raise SteerlensError(f"top_p={top_p}: expected 0 < top_p <= 1")
+    _check_sampler(temperature, top_p)
     if engine == "vllm":
         kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
         return model.vllm.sample_many([prompt], [list(seeds)], steering=steering, **kw)[0]
@@ -104,6 +102,116 @@ def sample(
         stop=list(stop),
     )
     return SampleSet(tuple(samples), len(ids), len(ids) * (1 if share else n) + decoded, settings)
+
+
+def sample_many(
+    model: Model,
+    prompts: Sequence[str | Sequence[int]],
+    seeds: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    steering: RowSteering | Sequence[Intervention] | None = None,
+    batch_size: int = 32,
+    engine: Engine = "hf",
+) -> list[SampleSet]:
+    """``sample`` for many prompts at once: decoding is memory-bound, so one step over every prompt's samples
+    costs about what one prompt's does.
+
+    Prompt ``i`` gets ``len(seeds[i])`` samples; sample ``(i, j)`` draws from its own generator seeded
+    ``seeds[i][j]`` and equals ``sample(model, prompts[i], [seeds[i][j]])`` up to float reassociation in the
+    batched matmuls (tests/steering/test_sampling.py holds it to that). The prompts' common prefix (few-shot
+    examples) is prefilled once where the steering spares it (``steerlens.prefix``). ``forward_tokens``
+    counts each prompt once plus its samples' tokens (the work; finished rows riding along are not counted).
+
+    Args:
+        prompts: texts (tokenized as ``Model.tokenize`` does) or token-id lists.
+        seeds: one list per prompt, all the same length ``n``.
+        steering: a ``RowSteering`` or ``Intervention`` list whose rows are each prompt's ``n`` samples.
+        batch_size: rows (samples) per decoding batch.
+        engine: ``"vllm"`` runs ``model.vllm.sample_many`` (one continuous batch, its own draws).
+
+    Example:
+        >>> sets = sample_many(model, prompts, [[0, 1, 2, 3]] * len(prompts), max_new_tokens=64, stop=["\\n\\n"])
+    """
+    n = _samples_per_prompt(prompts, seeds)
+    _check_sampler(temperature, top_p)
+    if engine == "vllm":
+        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
+        return model.vllm.sample_many(prompts, seeds, steering=steering, **kw)
+    rs = as_row_steering(steering)
+    if rs.n_rows is not None and rs.n_rows != n:
+        raise SteerlensError(f"the steering has per-row values for {rs.n_rows} rows but there are {n} seeds")
+    ids = prompt_ids(model, prompts)
+    tiled = RowSteering(tuple(rs.for_rows([j for _ in ids for j in range(n)]))) if rs else None
+    flat = [int(x) for row in seeds for x in row]
+    draws: dict[int, list[int]] = {}
+
+    def processors(rows: Sequence[int]) -> list[Any]:
+        return [_SeededDraw(rows, flat, temperature, top_p, draws)]
+
+    gens = _generate_hf(
+        model, [x for x in ids for _ in range(n)], max_new_tokens, batch_size, stop, False, 1.0, 0, tiled,
+        False, 0, True, processors,
+    )  # fmt: skip
+    settings = dict(model=model.name, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    settings |= dict(shared_prefill=True, stop=list(stop), batched=True)
+    out = []
+    for i, x in enumerate(ids):
+        rows = range(i * n, (i + 1) * n)
+        samples = [_as_sample(model, gens[r], draws[r], flat[r], stop) for r in rows]
+        out.append(SampleSet(tuple(samples), len(x), len(x) + sum(len(s.tokens) for s in samples), settings))
+    return out
+
+
+class _SeededDraw(LogitsProcessor):
+    """Each row draws its token from its own seeded generator (``_draw``, as ``sample`` does) and greedy
+    decoding takes it: the scores become 0 at the drawn token and -inf elsewhere. ``draws[row]`` records them."""
+
+    def __init__(
+        self, rows: Sequence[int], seeds: list[int], temperature: float, top_p: float, draws: dict
+    ) -> None:
+        self.rows, self.temperature, self.top_p = list(rows), temperature, top_p
+        self.gens = [torch.Generator(device="cpu").manual_seed(seeds[r]) for r in self.rows]
+        for r in self.rows:
+            draws[r] = []
+        self.draws = draws
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        out = torch.full_like(scores, float("-inf"))
+        for j, (r, gen) in enumerate(zip(self.rows, self.gens, strict=True)):
+            t = _draw(scores[j].float(), self.temperature, self.top_p, gen)
+            self.draws[r].append(t)
+            out[j, t] = 0.0
+        return out
+
+
+def _as_sample(model: Model, g: Any, drawn: list[int], seed: int, stop: Sequence[str]) -> Sample:
+    """``sample``'s record of one row: its tokens (with the EOS it ended on) and why it ended."""
+    n = len(g.token_ids)
+    full = model.tokenizer.decode(list(g.token_ids), skip_special_tokens=True)
+    if stop and cut_at(full, stop) != full:
+        return Sample(g.text, g.token_ids, seed, "stop")
+    if n < len(drawn):  # generate stops a row only at a stop string, an end token or the budget
+        return Sample(g.text, (*g.token_ids, drawn[n]), seed, "eos")
+    return Sample(g.text, g.token_ids, seed, "length")
+
+
+def _samples_per_prompt(prompts: Sequence[Any], seeds: Sequence[Sequence[int]]) -> int:
+    if not prompts or len(seeds) != len(prompts) or any(not s for s in seeds):
+        raise EmptyInput("sample_many() needs prompts and a non-empty list of seeds for each")
+    if any(len(s) != len(seeds[0]) for s in seeds):
+        raise SteerlensError("sample_many(): give every prompt the same number of seeds")
+    return len(seeds[0])
+
+
+def _check_sampler(temperature: float, top_p: float) -> None:
+    if temperature <= 0:
+        raise SteerlensError(f"temperature={temperature}: must be > 0 (use steerlens.generate for greedy)")
+    if not 0 < top_p <= 1:
+        raise SteerlensError(f"top_p={top_p}: expected 0 < top_p <= 1")
 
 
 def _varies_by_row(iv: Intervention) -> bool:
@@ -199,8 +307,15 @@ def _draw(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator
 
 
 def _eos_ids(model: Model) -> set[int]:
-    ids = set()
-    for src in (model.tokenizer.eos_token_id, getattr(model.hf.generation_config, "eos_token_id", None)):
+    ids = (
+        set()
+    )  # the pad token ends a continuation too, as in ``generate`` (``steerlens.generation.finished``)
+    tok = model.tokenizer
+    for src in (
+        tok.eos_token_id,
+        tok.pad_token_id,
+        getattr(model.hf.generation_config, "eos_token_id", None),
+    ):
         if isinstance(src, int):
             ids.add(src)
         elif isinstance(src, list):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .errors import EmptyInput, SteerlensError
 from .model import Model
@@ -204,7 +204,10 @@ def _generate_hf(
     progress: bool,
     min_tokens: int,
     share_prefix: bool,
+    processors: Callable[[Sequence[int]], list[Any]] | None = None,
 ) -> list[Generated]:
+    """The HF body of ``generate_detailed``; ``processors(rows)`` gives extra logits processors for the batch
+    holding ``rows`` (``steering.sampling.sample_many``: per-row seeded draws)."""
     out: list[Generated] = [Generated("", 0, False)] * len(ids)
     longest = max(map(len, ids)) + max_new_tokens
     shared = SharedPrefix.plan(model, ids, longest, generating=True) if share_prefix else None
@@ -218,6 +221,8 @@ def _generate_hf(
         if sp is not None:  # the prefix's cache first (outside this batch's steering), then its layout
             cache, b = sp.cache_for(model, len(b.rows)), sp.layout(b)
         kw = _generate_kwargs(model, b, max_new_tokens, do_sample, temperature, seed, stop, min_tokens)
+        if processors is not None:
+            kw["logits_processor"] = LogitsProcessorList(processors(b.rows))
         with steered_batch(steering, model, b.rows), torch.no_grad():
             if sp is not None:
                 sp.declare(model, b)

@@ -22,7 +22,7 @@ from steerlens.tasks import Problem, extract_answer, grade, normalize_answer
 
 from ..intervention import Intervention
 from ..rows import RowSteering, as_row_steering
-from ..sampling import sample
+from ..sampling import sample_many
 from .sequential import MARKER, _prompts
 
 Aggregation = Literal["majority", "best", "weighted", "first"]
@@ -106,9 +106,9 @@ def parallel(
     verifier: Verifier | None = None,
     engine: Engine = "hf",
 ) -> ParallelResult:
-    """``n`` samples per problem from one shared prefill (seeds ``seed*100000 + problem*1000 + j``), with
-    optional verifier scores for best-of-N and weighted voting. ``engine="vllm"`` samples every problem in
-    one continuous batch on vLLM (verifiers still score on the HF view)."""
+    """``n`` samples per problem (seeds ``seed*100000 + problem*1000 + j``), every problem decoded together
+    (``sample_many``), with optional verifier scores for best-of-N and weighted voting. ``engine="vllm"``
+    samples every problem in one continuous batch on vLLM (verifiers still score on the HF view)."""
     problems = list(problems)
     if not problems:
         raise EmptyInput("no problems")
@@ -118,13 +118,7 @@ def parallel(
     kw: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens, temperature=temperature, stop=["\n\n", "Question:"]
     )
-    if engine == "vllm":
-        sets = model.vllm.sample_many(prompts, seeds, steering=steering, **kw)
-    else:
-        sets = [
-            sample(model, prompt, s, steering=steering, **kw)
-            for prompt, s in zip(prompts, seeds, strict=True)
-        ]
+    sets = sample_many(model, prompts, seeds, steering=steering, engine=engine, **kw)
     for p, got in zip(problems, sets, strict=True):
         answers.append(tuple(extract_answer(t) for t in got.texts))
         tokens.append(tuple(len(s.tokens) for s in got.samples))
