@@ -61,7 +61,7 @@ class DemoPlan:
     def quick(cls) -> DemoPlan:
         return cls(
             CritiqueConfig.quick(steps=3, max_operand=10, max_new_tokens=64),
-            ScalingConfig.quick(budget=64),
+            ScalingConfig.quick(n_problems=2, budget=48),  # a smoke run: every loop once, no numbers to read
             PersonalityConfig.quick(),
             CopySuppressionConfig.quick(),
         )
