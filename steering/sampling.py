@@ -157,7 +157,7 @@ def sample_many(
         False, 0, True, processors,
     )  # fmt: skip
     settings = dict(model=model.name, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    settings |= dict(shared_prefill=True, stop=list(stop), batched=True)
+    settings |= dict(stop=list(stop), batched=True)  # the prefix is shared where steering spares it
     out = []
     for i, x in enumerate(ids):
         rows = range(i * n, (i + 1) * n)
