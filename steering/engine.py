@@ -28,7 +28,7 @@ from steerlens.store import ActivationStore
 
 from .intervention import Intervention
 from .rows import RowSteering, as_row_steering
-from .sampling import Sample, SampleSet
+from .sampling import Sample, SampleSet, samples_per_prompt
 from .vllm_specs import request_specs
 from .vllm_worker import CAPTURE_KEY, ROW_KEY, SPEC_KEY, configure, install, take_captured
 
@@ -218,11 +218,7 @@ class VLLMEngine:
         ``sample``); the shared prompt is computed once per spec (prefix caching)."""
         from vllm import SamplingParams
 
-        if not prompts or any(not s for s in seeds):
-            raise EmptyInput("sample_many() needs prompts and at least one seed per prompt")
-        n = len(seeds[0])
-        if any(len(s) != n for s in seeds):
-            raise SteerlensError("sample_many(): give every prompt the same number of seeds")
+        n = samples_per_prompt(prompts, seeds)
         spec_ids, specs = request_specs(self.model, as_row_steering(steering), n)
         ids = prompt_ids(self.model, prompts)
         reqs = [

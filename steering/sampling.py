@@ -78,9 +78,7 @@ def sample(
         return model.vllm.sample_many([prompt], [list(seeds)], steering=steering, **kw)[0]
     ids = model.tokenize(prompt)[0] if isinstance(prompt, str) else list(prompt)
     n = len(seeds)
-    rs = as_row_steering(steering)
-    if rs.n_rows is not None and rs.n_rows != n:
-        raise SteerlensError(f"the steering has per-row values for {rs.n_rows} rows but there are {n} seeds")
+    rs = _row_steering(steering, n)
     ivs = rs.for_rows(range(n))
     share = shared_prefill and all(iv.positions == "generated" for iv in ivs if _varies_by_row(iv))
     cache, logits = _prefill(model, ids, ivs, n, share)
@@ -136,14 +134,12 @@ def sample_many(
     Example:
         >>> sets = sample_many(model, prompts, [[0, 1, 2, 3]] * len(prompts), max_new_tokens=64, stop=["\\n\\n"])
     """
-    n = _samples_per_prompt(prompts, seeds)
+    n = samples_per_prompt(prompts, seeds)
     _check_sampler(temperature, top_p)
     if engine == "vllm":
         kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
         return model.vllm.sample_many(prompts, seeds, steering=steering, **kw)
-    rs = as_row_steering(steering)
-    if rs.n_rows is not None and rs.n_rows != n:
-        raise SteerlensError(f"the steering has per-row values for {rs.n_rows} rows but there are {n} seeds")
+    rs = _row_steering(steering, n)
     ids = prompt_ids(model, prompts)
     tiled = RowSteering(tuple(rs.for_rows([j for _ in ids for j in range(n)]))) if rs else None
     flat = [int(x) for row in seeds for x in row]
@@ -199,12 +195,22 @@ def _as_sample(model: Model, g: Any, drawn: list[int], seed: int, stop: Sequence
     return Sample(g.text, g.token_ids, seed, "length")
 
 
-def _samples_per_prompt(prompts: Sequence[Any], seeds: Sequence[Sequence[int]]) -> int:
+def samples_per_prompt(prompts: Sequence[Any], seeds: Sequence[Sequence[int]]) -> int:
+    """``n``, the samples each prompt gets; refuses no prompts, a prompt without seeds or unequal counts
+    (both engines' ``sample_many``)."""
     if not prompts or len(seeds) != len(prompts) or any(not s for s in seeds):
         raise EmptyInput("sample_many() needs prompts and a non-empty list of seeds for each")
     if any(len(s) != len(seeds[0]) for s in seeds):
         raise SteerlensError("sample_many(): give every prompt the same number of seeds")
     return len(seeds[0])
+
+
+def _row_steering(steering: RowSteering | Sequence[Intervention] | None, n: int) -> RowSteering:
+    """``steering`` as a ``RowSteering`` whose rows are ``n`` samples (per-row values must number ``n``)."""
+    rs = as_row_steering(steering)
+    if rs.n_rows is not None and rs.n_rows != n:
+        raise SteerlensError(f"the steering has per-row values for {rs.n_rows} rows but there are {n} seeds")
+    return rs
 
 
 def _check_sampler(temperature: float, top_p: float) -> None:
