@@ -149,8 +149,9 @@ def sample_many(
         return [_SeededDraw(rows, flat, temperature, top_p, draws)]
 
     gens = _generate_hf(
-        model, [x for x in ids for _ in range(n)], max_new_tokens, batch_size, stop, False, 1.0, 0, tiled,
-        False, 0, True, processors,
+        model, [x for x in ids for _ in range(n)], max_new_tokens=max_new_tokens, batch_size=batch_size,
+        stop=stop, do_sample=False, temperature=1.0, seed=0, steering=tiled, progress=False, min_tokens=0,
+        share_prefix=True, processors=processors,
     )  # fmt: skip
     settings = dict(model=model.name, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     settings |= dict(stop=list(stop), batched=True)  # the prefix is shared where steering spares it

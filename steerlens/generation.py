@@ -164,8 +164,9 @@ def generate_detailed(
     if engine != "hf":
         raise SteerlensError(f"engine={engine!r}: expected 'hf' or 'vllm'")
     return _generate_hf(
-        model, prompt_ids(model, prompts), max_new_tokens, batch_size, stop, do_sample, temperature, seed,
-        steering, progress, min_tokens, share_prefix,
+        model, prompt_ids(model, prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
+        do_sample=do_sample, temperature=temperature, seed=seed, steering=steering, progress=progress,
+        min_tokens=min_tokens, share_prefix=share_prefix,
     )  # fmt: skip
 
 
@@ -194,6 +195,7 @@ def finished(tok: Any, new: Sequence[int], min_tokens: int, stop: Sequence[str],
 def _generate_hf(
     model: Model,
     ids: list[list[int]],
+    *,
     max_new_tokens: int,
     batch_size: int,
     stop: Sequence[str],
