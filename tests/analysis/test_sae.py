@@ -118,6 +118,17 @@ def test_planted_vector_recovers_its_feature(smol, sae, store):
     assert len(vf.figure().data) == 4 and len(vf.to_frame()) == 40
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 2048, 10**9])
+def test_spread_rows_equals_every_step_th_row(store, n):
+    # Steps longer than a chunk (n = 2, 3, 7 here; a shard's short last chunk on a 2M-row store) once
+    # made torch.arange raise; the streamed pick must equal slicing the whole site.
+    from steerlens.analysis.sae.features import _spread_rows
+
+    every = torch.cat(list(store.iter_batches(SITE))).float()
+    want = every[:: max(1, len(every) // n)][:n]
+    assert torch.equal(_spread_rows(store, SITE, n), want)
+
+
 def _resid_after_layer(smol, ids):
     grab = {}
     h = smol.hf.model.layers[LAYER].register_forward_hook(
