@@ -190,9 +190,7 @@ def _spread_rows(store: ActivationStore, site: str, n: int) -> Tensor:
     keep, seen = [], 0
     for x in store.iter_batches(site):
         first = (-seen) % step  # the first row of this chunk on the grid 0, step, 2 * step, ...
-        if first < len(x):  # a chunk shorter than the step (a shard's last one) can hold none
-            idx = torch.arange(first, len(x), step)
-            keep.append(x[idx].float().reshape(len(idx), -1))
+        keep.append(x[first::step].float().flatten(1))  # empty when a short chunk holds no grid row
         seen += len(x)
     return torch.cat(keep)[:n]
 
