@@ -41,6 +41,8 @@ class SAEConfig(StudyConfig):
     k: active features per token (TopK)
     sparsity: L0 (JumpReLU) or L1 (standard) coefficient; default per architecture
     tokens: docstring tokens collected into the store (position 0 of each window left out)
+    store: an existing store to reuse instead of <out>/store (another run's, e.g. to sweep SAE settings
+        without collecting again); it must hold these tokens at this site, or it is refused
     seq_len: tokens per window
     train_samples: activation rows trained on (0: one pass over the store)
     batch_size: rows per training step
@@ -58,6 +60,7 @@ class SAEConfig(StudyConfig):
     k: int = 32
     sparsity: float | None = None
     tokens: int = 2_000_000
+    store: str = ""
     seq_len: int = 128
     train_samples: int = 0
     batch_size: int = 4096
@@ -108,10 +111,16 @@ class SAEStudy:
         )
         m = self.trained.metrics
         if m is not None:
-            for key in ("explained_variance", "explained_variance_random", "l0", "dead_fraction"):
+            for key in ("explained_variance", "explained_variance_random", "l0"):
                 sec.numbers[key.replace("_", " ")] = getattr(m, key)
+            sec.numbers[f"not fired on the {m.n_tokens} eval tokens"] = m.dead_fraction
             sec.numbers["CE increase (SAE / zero ablation)"] = (
                 f"{m.ce_increase:.3f} / {m.ce_increase_zero:.3f}"
+            )
+        t = self.trained.trainer
+        if t.get("num_dead_features") is not None and t.get("dead_window_rows"):
+            sec.numbers[f"dead in training (no firing in its last {t['dead_window_rows']} rows)"] = (
+                t["num_dead_features"] / s["d_sae"]
             )
         rows = []
         for name, vf in self.features.items():
@@ -183,10 +192,9 @@ def run(model: Model, cfg: SAEConfig, out: str | Path, *, progress: bool = True)
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
     site = f"blocks.{layer}.hook_resid_post"
     say = Stages("sae", 3, progress)
-    say.stage(f"store: {cfg.tokens} docstring tokens at {site}")
-    store = sae_store(
-        model, site, text_windows(model, cfg.tokens, cfg.seq_len), out_p / "store", progress=progress
-    )
+    path = Path(cfg.store) if cfg.store else out_p / "store"
+    say.stage(f"store: {cfg.tokens} docstring tokens at {site} in {path}")
+    store = sae_store(model, site, text_windows(model, cfg.tokens, cfg.seq_len), path, progress=progress)
     say.stage(f"train a {cfg.architecture} SAE, {cfg.expansion}x{model.cfg.d_model} features")
     trained = train_sae(
         store, site, out_p, model=model, architecture=cfg.architecture, expansion=cfg.expansion, k=cfg.k,

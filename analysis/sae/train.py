@@ -186,7 +186,12 @@ def _save_final(trainer: SafeTrainer, final: Path) -> tuple[SAE[Any], dict[str, 
     sae.save_inference_model(final)
     save_file({"sparsity": trainer.log_feature_sparsity.contiguous()}, str(final / "sparsity.safetensors"))
     meta = sae.cfg.metadata
-    recorded = {"l0": meta.l0, "num_dead_features": meta.num_dead_features, "steps": trainer.n_training_steps}
+    recorded = {
+        "l0": meta.l0,
+        "num_dead_features": meta.num_dead_features,  # no firing in the last dead_window_rows rows
+        "dead_window_rows": trainer.cfg.dead_feature_window * trainer.cfg.train_batch_size_samples,
+        "steps": trainer.n_training_steps,
+    }
     return SAE.load_from_disk(final, device="cpu").eval(), recorded
 
 

@@ -14,7 +14,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from steerlens.analysis.sae import SAEConfig, SAEStudy, train_sae, vector_features
 from steerlens.analysis.sae import run as run_sae
 from steerlens.cli import main as cli
-from steerlens.errors import SAEMismatch, SAENotAvailable, SteerlensError
+from steerlens.errors import SAEMismatch, SAENotAvailable, SteerlensError, StoreMismatch
 from steerlens.steering import SteeringVector, steer
 from steerlens.steering.sae import clamp_features, feature_vector, load_sae, splice_sae
 from steerlens.store import ActivationStore
@@ -201,3 +201,20 @@ def test_study_saves_loads_and_cli_reuses_the_run(smol, study, sae):
     args = ["sae", "--quick", "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]
     assert cli(args) == 0  # the store and the SAE are reused: nothing is retrained
     assert torch.equal(SAEStudy.load(out).trained.sae.W_dec, sae.W_dec)
+
+
+def test_study_reuses_another_runs_store(smol, study, sae, tmp_path):
+    """``store=``: a second run trains from the first run's store without collecting again, and ends at the
+    same SAE (same data stream, same seed); a store holding other tokens is refused, not silently used."""
+    _, out = study
+    cfg = SAEConfig.quick(**QUICK, store=str(out / "store"))
+    again = run_sae(smol, cfg, tmp_path / "again", progress=False)
+    assert not (tmp_path / "again" / "store").exists()
+    assert torch.equal(again.trained.sae.W_dec, sae.W_dec)
+    with pytest.raises(StoreMismatch, match="different data"):
+        run_sae(
+            smol,
+            SAEConfig.quick(**{**QUICK, "tokens": 8192}, store=cfg.store),
+            tmp_path / "other",
+            progress=False,
+        )
