@@ -215,13 +215,18 @@ def run(model: Model, cfg: SAEConfig, out: str | Path, *, progress: bool = True)
 
 def _vectors(model: Model, cfg: SAEConfig, layer: int) -> dict[str, SteeringVector]:
     out: dict[str, SteeringVector] = {}
-    for p in cfg.vectors:
+    paths = [Path(p) for p in cfg.vectors]
+    stems = [p.stem for p in paths]
+    for p in paths:  # two runs' critique_vector.safetensors are told apart by their directory
+        name = p.stem if stems.count(p.stem) == 1 else f"{p.parent.name}/{p.stem}"
+        if name in out:
+            raise SteerlensError(f"--vectors names {p} twice; pass each file once")
         v = SteeringVector.load(p, model)
         if layer not in v.directions:
             raise SteerlensError(
                 f"{p} has layers {v.layers}, not the SAE's layer {layer}; pass --layer to match"
             )
-        out[Path(p).stem] = v.select([layer])
+        out[name] = v.select([layer])
     if cfg.traits:
         from ..personality import trait_activations, trait_vector
 

@@ -218,3 +218,23 @@ def test_study_reuses_another_runs_store(smol, study, sae, tmp_path):
             tmp_path / "other",
             progress=False,
         )
+
+
+def test_two_runs_vectors_with_one_file_name_are_both_read(smol, tmp_path):
+    """Two critique runs both write critique_vector.safetensors: each is read under its directory's name (before,
+    the second silently replaced the first); one file passed twice is refused."""
+    from steerlens.analysis.sae.study import _vectors
+
+    paths = []
+    for run, seed in (("run_a", 1), ("run_b", 2)):
+        v = SteeringVector(
+            {LAYER: torch.randn(576, generator=torch.Generator().manual_seed(seed))}, smol.name, 576
+        )
+        paths.append(str(v.save(tmp_path / run / "critique_vector.safetensors")))
+    got = _vectors(smol, SAEConfig(layer=LAYER, vectors=tuple(paths), traits=False), LAYER)
+    assert list(got) == ["run_a/critique_vector", "run_b/critique_vector"]
+    assert not torch.equal(
+        got["run_a/critique_vector"].directions[LAYER], got["run_b/critique_vector"].directions[LAYER]
+    )
+    with pytest.raises(SteerlensError, match="twice"):
+        _vectors(smol, SAEConfig(layer=LAYER, vectors=(paths[0], paths[0]), traits=False), LAYER)
