@@ -63,8 +63,8 @@ class SAEConfig(StudyConfig):
     store: str = ""
     seq_len: int = 128
     train_samples: int = 0
-    batch_size: int = 4096
-    lr: float = 4e-4
+    batch_size: int = 512
+    lr: float = 2e-3
     seed: int = 0
     vectors: tuple[str, ...] = ()
     traits: bool = True
