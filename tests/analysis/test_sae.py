@@ -195,9 +195,16 @@ def test_study_saves_loads_and_cli_reuses_the_run(smol, study, sae):
     st, out = study
     back = SAEStudy.load(out, smol)
     assert back.config == st.config and torch.equal(back.trained.sae.W_dec, sae.W_dec)
-    assert back.sections()[0].numbers["explained variance"] == pytest.approx(
-        st.trained.metrics.explained_variance
+    numbers = back.sections()[0].numbers
+    assert numbers["explained variance"] == pytest.approx(st.trained.metrics.explained_variance)
+    t = st.trained.trainer  # dead in training is the trainer's window count, apart from the eval-token count
+    window = t["dead_window_rows"]
+    assert window > 0 and window % QUICK["batch_size"] == 0
+    assert (
+        numbers[f"dead in training (no firing in its last {window} rows)"]
+        == t["num_dead_features"] / sae.cfg.d_sae
     )
+    assert f"not fired on the {st.trained.metrics.n_tokens} eval tokens" in numbers
     args = ["sae", "--quick", "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]
     assert cli(args) == 0  # the store and the SAE are reused: nothing is retrained
     assert torch.equal(SAEStudy.load(out).trained.sae.W_dec, sae.W_dec)
