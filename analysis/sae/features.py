@@ -5,6 +5,7 @@ which features it switches on in real activations (encoder of ``resid + alpha * 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
@@ -25,6 +26,7 @@ from steerlens.store import ActivationStore
 from .data import store_tokens
 
 Score = Literal["cosine", "delta"]
+DENSE = 0.5  # a feature active on more than this fraction of rows is "dense" (left out of the change ranking)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,12 @@ class VectorFeatures:
     ``cosine[f]``: cosine of the vector's direction with decoder row f. ``delta[f]``: mean change of feature f's
     activation when ``alpha`` (in ``units``) times the vector is added to real residuals from the store.
     ``control_*``: the same for ``vector.random_like(seed)``. ``contexts[f]``: max-activating contexts of the
-    top features.
+    top features. ``density[f]``: fraction of those rows where f is active without the vector.
+
+    Dense features (active on more than ``DENSE`` of the rows) are left out of the encoder-change ranking and
+    reported apart: they are on for nearly every token, so any shift with a component along their encoder row
+    moves their mean, which a random direction does too (on smollm2 layer 15 the top "change" of most vectors
+    was an always-on feature). Pass ``dense=None`` to ``top`` to rank them in.
     """
 
     name: str
@@ -57,13 +64,30 @@ class VectorFeatures:
     control_delta: Tensor
     contexts: dict[int, list[FeatureContext]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    density: Tensor | None = None  # None for studies saved before it was recorded
 
-    def top(self, by: Score = "cosine", k: int = 10, control: bool = False) -> list[tuple[int, float]]:
-        """The ``k`` features with the largest score (signed: what adding the vector pushes up)."""
+    def top(
+        self, by: Score = "cosine", k: int = 10, control: bool = False, dense: float | None = DENSE
+    ) -> list[tuple[int, float]]:
+        """The ``k`` features with the largest score (signed: what adding the vector pushes up); for "delta",
+        features denser than ``dense`` are left out (``None``: none are)."""
         scores = {"cosine": (self.cosine, self.control_cosine), "delta": (self.delta, self.control_delta)}[by]
         s = scores[1] if control else scores[0]
-        vals, idx = s.topk(min(k, len(s)))
+        if by == "delta" and dense is not None and self.density is not None:
+            s = s.masked_fill(self.density > dense, float("-inf"))
+        vals, idx = s.topk(min(k, int(torch.isfinite(s).sum())))
         return list(zip(idx.tolist(), vals.tolist(), strict=True))
+
+    def dense_features(self, dense: float = DENSE) -> list[dict[str, float]]:
+        """The features active on more than ``dense`` of the rows, with their change under the vector and
+        under the control."""
+        if self.density is None:
+            return []
+        return [
+            {"feature": f, "density": float(self.density[f]), "delta": float(self.delta[f]),
+             "control_delta": float(self.control_delta[f])}
+            for f in torch.nonzero(self.density > dense).flatten().tolist()
+        ]  # fmt: skip
 
     def summary(self, k: int = 5) -> dict[str, Any]:
         """Top features and how far they stand out from the random control's best."""
@@ -72,8 +96,9 @@ class VectorFeatures:
             "top_delta": self.top("delta", k),
             "max_cosine": float(self.cosine.max()),
             "control_max_cosine": float(self.control_cosine.max()),
-            "max_delta": float(self.delta.max()),
-            "control_max_delta": float(self.control_delta.max()),
+            "max_delta": self.top("delta", 1)[0][1],
+            "control_max_delta": self.top("delta", 1, control=True)[0][1],
+            "dense": self.dense_features(),
             "chance_cosine": 1
             / math.sqrt(self.settings.get("d_in", 1)),  # typical |cos| of random directions
         }
@@ -90,7 +115,8 @@ class VectorFeatures:
 
     def figure(self, k: int = 10) -> go.Figure:
         """Top-k features by cosine and by encoder change, vector beside its random control (returned, not shown)."""
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine with decoder row", "mean encoder change"))
+        titles = ("cosine with decoder row", f"mean encoder change (features on <= {DENSE:.0%} of rows)")
+        fig = make_subplots(rows=1, cols=2, subplot_titles=titles)
         for col, by in ((1, "cosine"), (2, "delta")):
             for arm, control, colour in (("vector", False, "#1f77b4"), ("random control", True, "#999999")):
                 top = self.top(by, k, control)  # type: ignore[arg-type]
@@ -115,10 +141,11 @@ class VectorFeatures:
         }
 
     def tensors(self) -> dict[str, Tensor]:
-        return {
+        out = {
             "cosine": self.cosine, "delta": self.delta,
             "control_cosine": self.control_cosine, "control_delta": self.control_delta,
         }  # fmt: skip
+        return out if self.density is None else {**out, "density": self.density}
 
     @classmethod
     def from_parts(cls, d: dict[str, Any], tensors: dict[str, Tensor]) -> Self:
@@ -168,19 +195,22 @@ def vector_features(
         raise SteerlensError(f"the vector has no layer {layer} (the SAE's); it has {vector.layers}")
     control = vector.random_like(seed)
     x = _spread_rows(store, site.name, n_rows)
-    scores = {}
+    base = sae.encode(x)
+    scores = {"density": (base > 0).float().mean(0).cpu()}
     for arm, v in (("", vector), ("control_", control)):
         d = v.directions[layer].to(sae.W_dec)
         scores[arm + "cosine"] = (sae.W_dec @ d / sae.W_dec.norm(dim=-1).clamp_min(1e-12)).cpu()
         shift = alpha * v.scale(layer, units) * d
-        scores[arm + "delta"] = (sae.encode(x + shift) - sae.encode(x)).mean(0).cpu()
-    feats = list(dict.fromkeys(f for key in scores for f in scores[key].topk(k).indices.tolist()))
+        scores[arm + "delta"] = (sae.encode(x + shift) - base).mean(0).cpu()
+    out = VectorFeatures(name or vector.method, layer, **scores)
+    tops = [out.top(by, k, control) for by in ("cosine", "delta") for control in (False, True)]
+    feats = list(dict.fromkeys(f for top in tops for f, _ in top))
     contexts = max_activating(sae, store, site.name, feats, n_contexts, tokenizer=model.tokenizer)
     settings = {
         "alpha": alpha, "units": units, "n_rows": len(x), "seed": seed, "sae_site": site.name,
         "vector_method": vector.method, "d_sae": sae.cfg.d_sae, "d_in": sae.cfg.d_in,
     }  # fmt: skip
-    return VectorFeatures(name or vector.method, layer, **scores, contexts=contexts, settings=settings)
+    return dataclasses.replace(out, contexts=contexts, settings=settings)
 
 
 def _spread_rows(store: ActivationStore, site: str, n: int) -> Tensor:

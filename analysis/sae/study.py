@@ -28,6 +28,7 @@ from .data import sae_store, text_windows
 from .features import VectorFeatures, vector_features
 from .train import Architecture, TrainedSAE, train_sae
 
+PARTS = ("cosine", "delta", "control_cosine", "control_delta", "density")
 TITLE = "SAE features: a sae-lens SAE trained here, and steering vectors read through it"
 
 
@@ -135,6 +136,14 @@ class SAEStudy:
             sec.tables.append(
                 ("Steering vectors through the SAE, beside a random direction of equal norm", rows)
             )
+        dense = next(iter(self.features.values())).dense_features() if self.features else []
+        if dense:  # the same rows and SAE for every vector, so the same dense features
+            sec.tables.append(
+                ("Dense features (on > 50% of rows), left out of the encoder-change ranking",
+                 [{"feature": f"f{d['feature']}", "active on": f"{d['density']:.2f}"}
+                  | {f"change ({n})": f"{vf.delta[d['feature']]:.3f} ({vf.control_delta[d['feature']]:.3f})"
+                     for n, vf in self.features.items()} for d in dense])
+            )  # fmt: skip
         sec.figures.update(self.figures())
         return [sec]
 
@@ -169,7 +178,7 @@ class SAEStudy:
         trained = TrainedSAE.load(out_p, device=str(model.device) if model is not None else "cpu")
         tensors = load_file(str(out_p / "features.safetensors")) if d["features"] else {}
         feats = {
-            n: VectorFeatures.from_parts(fd, {k: tensors[f"{n}.{k}"] for k in ("cosine", "delta", "control_cosine", "control_delta")})
+            n: VectorFeatures.from_parts(fd, {k: tensors[f"{n}.{k}"] for k in PARTS if f"{n}.{k}" in tensors})
             for n, fd in d["features"].items()
         }  # fmt: skip
         return cls(trained, feats, d["settings"], SAEConfig.from_dict(d["config"]))

@@ -13,6 +13,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 
 from steerlens.analysis.sae import SAEConfig, SAEStudy, train_sae, vector_features
 from steerlens.analysis.sae import run as run_sae
+from steerlens.analysis.sae.features import _spread_rows
 from steerlens.cli import main as cli
 from steerlens.errors import SAEMismatch, SAENotAvailable, SteerlensError, StoreMismatch
 from steerlens.steering import SteeringVector, steer
@@ -103,9 +104,8 @@ def test_other_architectures_train_to_real_sae_lens_classes(store, tmp_path, arc
 
 
 def test_planted_vector_recovers_its_feature(smol, sae, store):
-    f = int(sae.W_dec.norm(dim=-1).argmax())
     fired = sae.encode(next(store.iter_batches(SITE, rows=2048)).float()).gt(0).float().mean(0)
-    f = int(fired.argmax())  # a live feature
+    f = int(fired.masked_fill(fired > 0.5, 0).argmax())  # a live feature, not a dense one
     row = sae.W_dec[f].detach()
     noise = torch.randn(row.shape, generator=torch.Generator().manual_seed(1))
     planted = row + 0.3 * row.norm() * noise / noise.norm()
@@ -118,11 +118,27 @@ def test_planted_vector_recovers_its_feature(smol, sae, store):
     assert len(vf.figure().data) == 4 and len(vf.to_frame()) == 40
 
 
+def test_dense_features_are_ranked_apart_from_the_encoder_change(smol, sae, store):
+    """Features on for most tokens move under any shift (the random control too), so the change ranking leaves
+    them out and lists them apart; their density is the fraction of the rows where they fire."""
+    vec = SteeringVector.from_directions({LAYER: sae.W_dec[0].detach()}, model=smol, method="row0")
+    vf = vector_features(smol, sae, vec, store, alpha=8.0, units="raw", k=5, n_contexts=1, n_rows=512)
+    x = _spread_rows(store, SITE, 512)
+    assert torch.equal(vf.density, sae.encode(x).gt(0).float().mean(0))
+    dense = {d["feature"] for d in vf.dense_features()}
+    assert dense, "the quick SAE has an always-on feature, so the exclusion is exercised"
+    assert dense == set(torch.nonzero(vf.density > 0.5).flatten().tolist())
+    assert all(vf.density[f] <= 0.5 for f, _ in vf.top("delta", 50) + vf.top("delta", 50, control=True))
+    every = vf.top("delta", 5, dense=None)
+    assert [f for f, _ in every] == vf.delta.topk(5).indices.tolist()
+    back = type(vf).from_parts(vf.to_dict(), vf.tensors())
+    assert torch.equal(back.density, vf.density) and back.top("delta", 5) == vf.top("delta", 5)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 2048, 10**9])
 def test_spread_rows_equals_every_step_th_row(store, n):
     # Steps longer than a chunk (n = 2, 3, 7 here; a shard's short last chunk on a 2M-row store) once
     # made torch.arange raise; the streamed pick must equal slicing the whole site.
-    from steerlens.analysis.sae.features import _spread_rows
 
     every = torch.cat(list(store.iter_batches(SITE))).float()
     want = every[:: max(1, len(every) // n)][:n]
