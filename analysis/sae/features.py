@@ -78,7 +78,7 @@ class VectorFeatures:
         vals, idx = s.topk(min(k, int(torch.isfinite(s).sum())))
         return list(zip(idx.tolist(), vals.tolist(), strict=True))
 
-    def dense_features(self, dense: float = DENSE) -> list[dict[str, float]]:
+    def dense_features(self, dense: float = DENSE) -> list[dict[str, Any]]:
         """The features active on more than ``dense`` of the rows, with their change under the vector and
         under the control."""
         if self.density is None:
@@ -203,7 +203,8 @@ def vector_features(
         shift = alpha * v.scale(layer, units) * d
         scores[arm + "delta"] = (sae.encode(x + shift) - base).mean(0).cpu()
     out = VectorFeatures(name or vector.method, layer, **scores)
-    tops = [out.top(by, k, control) for by in ("cosine", "delta") for control in (False, True)]
+    scored: tuple[Score, ...] = ("cosine", "delta")
+    tops = [out.top(by, k, control) for by in scored for control in (False, True)]
     feats = list(dict.fromkeys(f for top in tops for f, _ in top))
     contexts = max_activating(sae, store, site.name, feats, n_contexts, tokenizer=model.tokenizer)
     settings = {

@@ -118,7 +118,7 @@ def test_planted_vector_recovers_its_feature(smol, sae, store):
     assert len(vf.figure().data) == 4 and len(vf.to_frame()) == 40
 
 
-def test_dense_features_are_ranked_apart_from_the_encoder_change(smol, sae, store):
+def test_dense_features_are_ranked_apart_from_the_encoder_change(smol, study, sae, store):
     """Features on for most tokens move under any shift (the random control too), so the change ranking leaves
     them out and lists them apart; their density is the fraction of the rows where they fire."""
     vec = SteeringVector.from_directions({LAYER: sae.W_dec[0].detach()}, model=smol, method="row0")
@@ -133,6 +133,9 @@ def test_dense_features_are_ranked_apart_from_the_encoder_change(smol, sae, stor
     assert [f for f, _ in every] == vf.delta.topk(5).indices.tolist()
     back = type(vf).from_parts(vf.to_dict(), vf.tensors())
     assert torch.equal(back.density, vf.density) and back.top("delta", 5) == vf.top("delta", 5)
+    tables = dict(SAEStudy(study[0].trained, {"row0": vf}, config=study[0].config).sections()[0].tables)
+    listed = tables["Dense features (on > 50% of rows), left out of the encoder-change ranking"]
+    assert [r["feature"] for r in listed] == [f"f{f}" for f in sorted(dense)]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 2048, 10**9])
