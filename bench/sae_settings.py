@@ -21,6 +21,7 @@ from sae_lens import SAE
 
 import steerlens
 from steerlens.analysis.sae import train_sae
+from steerlens.analysis.sae.data import store_tokens
 from steerlens.analysis.sae.features import _spread_rows
 from steerlens.store import ActivationStore
 
@@ -49,14 +50,20 @@ def sweep(
         )), flush=True)  # fmt: skip
 
 
-def rows_report(store: ActivationStore, site: str, sae_dir: Path, seq_positions: int) -> None:
+def rows_report(store: ActivationStore, site: str, sae_dir: Path) -> None:
     """Row norms over the whole store (one shard at a time) and the SAE's error on ordinary vs position-1 rows."""
+    windows = store_tokens(store)
+    if windows is None:
+        raise SystemExit(
+            f"{store.path} has no tokens.safetensors: --rows-report reads stores made by sae_store"
+        )
+    seq_positions = windows.shape[1] - 1  # sae_store leaves position 0 of each window out
     sae = SAE.load_from_disk(sae_dir).eval()
     g = torch.Generator().manual_seed(0)
     norms, ordinary, first, seen = [], [], [], 0
     for x in store.iter_batches(site):
         x = x.float().flatten(1)
-        pos = torch.arange(seen, seen + len(x)) % seq_positions + 1  # sae_store leaves position 0 out
+        pos = torch.arange(seen, seen + len(x)) % seq_positions + 1
         norms.append(x.norm(dim=-1))
         ordinary.append(x[(torch.rand(len(x), generator=g) < 0.01) & (pos != 1)])
         first.append(x[pos == 1][::20])
@@ -87,14 +94,11 @@ def main() -> None:
     p.add_argument("--expansion", type=int, default=16)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--rows-report", default=None, help="an SAE directory: report where the variance lives")
-    p.add_argument(
-        "--positions", type=int, default=127, help="positions per window in the store (seq_len - 1)"
-    )
     a = p.parse_args()
     store = ActivationStore(a.store)
     site = a.site or store.sites[0]
     if a.rows_report:
-        rows_report(store, site, Path(a.rows_report), a.positions)
+        rows_report(store, site, Path(a.rows_report))
     else:
         sweep(store, site, Path(a.out), a.settings, a.rows, a.expansion, a.k)
 

@@ -25,7 +25,7 @@ from steerlens.steering import SteeringVector
 from ..report import Section
 from ..study import add_study_command
 from .data import sae_store, text_windows
-from .features import VectorFeatures, vector_features
+from .features import DENSE, VectorFeatures, vector_features
 from .train import Architecture, TrainedSAE, train_sae
 
 PARTS = ("cosine", "delta", "control_cosine", "control_delta", "density")
@@ -136,14 +136,14 @@ class SAEStudy:
             sec.tables.append(
                 ("Steering vectors through the SAE, beside a random direction of equal norm", rows)
             )
-        vfs = list(self.features.values())
-        dense = [int(d["feature"]) for d in vfs[0].dense_features()] if vfs else []
+        first = next(iter(self.features.values()), None)
+        dense = first.dense_features() if first is not None else []
         if dense:  # the same rows and SAE for every vector, so the same dense features
             sec.tables.append(
-                ("Dense features (on > 50% of rows), left out of the encoder-change ranking",
-                 [{"feature": f"f{f}", "active on": f"{float(vfs[0].density[f]):.2f}"}  # type: ignore[index]
-                  | {f"change ({n})": f"{vf.delta[f]:.3f} ({vf.control_delta[f]:.3f})"
-                     for n, vf in self.features.items()} for f in dense])
+                (f"Dense features (on > {DENSE:.0%} of rows), left out of the encoder-change ranking",
+                 [{"feature": f"f{d['feature']}", "active on": f"{d['density']:.2f}"}
+                  | {f"change ({n})": f"{vf.delta[d['feature']]:.3f} ({vf.control_delta[d['feature']]:.3f})"
+                     for n, vf in self.features.items()} for d in dense])
             )  # fmt: skip
         sec.figures.update(self.figures())
         return [sec]
