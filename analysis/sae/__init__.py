@@ -5,7 +5,7 @@ clamping) is in ``steerlens.steering.sae``.
 """
 
 from .data import docstrings, sae_store, store_tokens, text_windows
-from .features import FeatureContext, VectorFeatures, max_activating, vector_features
+from .features import FeatureContext, VectorFeatures, max_activating, read_vectors, vector_features
 from .metrics import SAEMetrics, evaluate_sae
 from .study import SAEConfig, SAEStudy, register, run
 from .train import ARCHITECTURES, Architecture, TrainedSAE, train_sae, training_config
@@ -22,6 +22,7 @@ __all__ = [
     "docstrings",
     "evaluate_sae",
     "max_activating",
+    "read_vectors",
     "register",
     "run",
     "sae_store",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -185,33 +186,66 @@ def vector_features(
         >>> vf = vector_features(model, sae, critique_vec, store)
         >>> vf.top("cosine", 5), vf.figure()
     """
+    label = name or vector.method
+    return read_vectors(
+        model, sae, {label: vector}, store, alpha=alpha, units=units, k=k, n_contexts=n_contexts,
+        n_rows=n_rows, seed=seed,
+    )[label]  # fmt: skip
+
+
+@torch.no_grad()
+def read_vectors(
+    model: Model,
+    sae: SAE[Any],
+    vectors: Mapping[str, SteeringVector],
+    store: ActivationStore,
+    *,
+    alpha: float = 1.0,
+    units: Units = "vector",
+    k: int = 10,
+    n_contexts: int = 5,
+    n_rows: int = 2048,
+    seed: int = 0,
+) -> dict[str, VectorFeatures]:
+    """``vector_features`` for several vectors, each equal to its own call, in two passes over the store in
+    all (the spread rows, then one max-activating pass for the union of their top features) instead of two
+    per vector. Why: on a 2M-row store each pass reads 4.4 GiB; the SAE study reads its seven vectors here."""
     site = sae_site(model, sae)
     if site.kind != "hook_resid_post" or site.layer is None or site.name not in store.sites:
         raise SAEMismatch(
             f"vector_features needs an SAE at a resid_post site held by the store; got {site.name}"
         )
     layer = site.layer
-    if layer not in vector.directions:
-        raise SteerlensError(f"the vector has no layer {layer} (the SAE's); it has {vector.layers}")
-    control = vector.random_like(seed)
+    for label, vector in vectors.items():
+        if layer not in vector.directions:
+            raise SteerlensError(
+                f"{label}: the vector has no layer {layer} (the SAE's); it has {vector.layers}"
+            )
     x = _spread_rows(store, site.name, n_rows)
     base = sae.encode(x)
-    scores = {"density": (base > 0).float().mean(0).cpu()}
-    for arm, v in (("", vector), ("control_", control)):
-        d = v.directions[layer].to(sae.W_dec)
-        scores[arm + "cosine"] = (sae.W_dec @ d / sae.W_dec.norm(dim=-1).clamp_min(1e-12)).cpu()
-        shift = alpha * v.scale(layer, units) * d
-        scores[arm + "delta"] = (sae.encode(x + shift) - base).mean(0).cpu()
-    out = VectorFeatures(name or vector.method, layer, **scores)
-    scored: tuple[Score, ...] = ("cosine", "delta")
-    tops = [out.top(by, k, control) for by in scored for control in (False, True)]
-    feats = list(dict.fromkeys(f for top in tops for f, _ in top))
-    contexts = max_activating(sae, store, site.name, feats, n_contexts, tokenizer=model.tokenizer)
+    density = (base > 0).float().mean(0).cpu()
     settings = {
         "alpha": alpha, "units": units, "n_rows": len(x), "seed": seed, "sae_site": site.name,
-        "vector_method": vector.method, "d_sae": sae.cfg.d_sae, "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae, "d_in": sae.cfg.d_in,
     }  # fmt: skip
-    return dataclasses.replace(out, contexts=contexts, settings=settings)
+    outs, wanted = {}, {}
+    for label, vector in vectors.items():
+        scores = {"density": density}
+        for arm, v in (("", vector), ("control_", vector.random_like(seed))):
+            d = v.directions[layer].to(sae.W_dec)
+            scores[arm + "cosine"] = (sae.W_dec @ d / sae.W_dec.norm(dim=-1).clamp_min(1e-12)).cpu()
+            shift = alpha * v.scale(layer, units) * d
+            scores[arm + "delta"] = (sae.encode(x + shift) - base).mean(0).cpu()
+        out = VectorFeatures(label, layer, **scores, settings={**settings, "vector_method": vector.method})
+        scored: tuple[Score, ...] = ("cosine", "delta")
+        tops = [out.top(by, k, control) for by in scored for control in (False, True)]
+        outs[label], wanted[label] = out, list(dict.fromkeys(f for top in tops for f, _ in top))
+    union = list(dict.fromkeys(f for fs in wanted.values() for f in fs))
+    contexts = max_activating(sae, store, site.name, union, n_contexts, tokenizer=model.tokenizer)
+    return {
+        label: dataclasses.replace(out, contexts={f: contexts[f] for f in wanted[label]})
+        for label, out in outs.items()
+    }
 
 
 def _spread_rows(store: ActivationStore, site: str, n: int) -> Tensor:

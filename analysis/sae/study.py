@@ -25,7 +25,7 @@ from steerlens.steering import SteeringVector
 from ..report import Section
 from ..study import add_study_command
 from .data import sae_store, text_windows
-from .features import DENSE, VectorFeatures, vector_features
+from .features import DENSE, VectorFeatures, read_vectors
 from .train import Architecture, TrainedSAE, train_sae
 
 PARTS = ("cosine", "delta", "control_cosine", "control_delta", "density")
@@ -213,10 +213,7 @@ def run(model: Model, cfg: SAEConfig, out: str | Path, *, progress: bool = True)
     )  # fmt: skip
     say.stage("steering vectors through the SAE")
     vectors = _vectors(model, cfg, layer)
-    feats = {
-        n: vector_features(model, trained.sae, v, store, name=n, alpha=cfg.alpha, k=cfg.top_k, seed=cfg.seed)
-        for n, v in vectors.items()
-    }
+    feats = read_vectors(model, trained.sae, vectors, store, alpha=cfg.alpha, k=cfg.top_k, seed=cfg.seed)
     settings = {"model": model.name, "site": site, "vectors": list(vectors)}
     study = SAEStudy(trained, feats, settings, cfg)
     study.save(out_p)

@@ -11,7 +11,7 @@ from sae_lens import SAE, JumpReLUSAE, StandardSAE, TopKSAE
 from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from steerlens.analysis.sae import SAEConfig, SAEStudy, train_sae, vector_features
+from steerlens.analysis.sae import SAEConfig, SAEStudy, read_vectors, train_sae, vector_features
 from steerlens.analysis.sae import run as run_sae
 from steerlens.analysis.sae.features import _spread_rows
 from steerlens.cli import main as cli
@@ -136,6 +136,26 @@ def test_dense_features_are_ranked_apart_from_the_encoder_change(smol, study, sa
     tables = dict(SAEStudy(study[0].trained, {"row0": vf}, config=study[0].config).sections()[0].tables)
     listed = tables["Dense features (on > 50% of rows), left out of the encoder-change ranking"]
     assert [r["feature"] for r in listed] == [f"f{f}" for f in sorted(dense)]
+
+
+def test_reading_vectors_together_equals_reading_each(smol, sae, store):
+    """The study reads all its vectors in two passes over the store; each result must equal its own call."""
+    rows = sae.W_dec.detach()
+    vecs = {
+        name: SteeringVector.from_directions({LAYER: d}, model=smol, method=name)
+        for name, d in (("row3", rows[3] + rows[9]), ("rand", torch.randn(rows.shape[1]) * rows[3].norm()))
+    }
+    opts = dict(alpha=8.0, units="raw", k=4, n_contexts=2, n_rows=256, seed=5)
+    together = read_vectors(smol, sae, vecs, store, **opts)
+    for name, vec in vecs.items():
+        alone = vector_features(smol, sae, vec, store, name=name, **opts)
+        got = together[name]
+        assert got.settings == alone.settings and got.contexts == alone.contexts and alone.contexts
+        a, b = got.tensors(), alone.tensors()
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert together["row3"].contexts.keys() != together["rand"].contexts.keys()
+    with pytest.raises(SteerlensError, match="rand: the vector has no layer 6"):
+        read_vectors(smol, sae, {"rand": SteeringVector.from_directions({7: rows[3]}, model=smol)}, store)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 2048, 10**9])
