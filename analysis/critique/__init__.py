@@ -6,7 +6,17 @@ report); the parts on their own: ``critique_vector`` and ``detection_sweep``.
 
 from .detection import ALPHAS, Arm, DetectionPoint, DetectionSweep, detection_sweep
 from .study import STUDY_MODEL, CritiqueConfig, CritiqueStudy, Mode, register, resumable, run
-from .vector import SPANS, Context, CritiqueVector, Method, Pool, Span, critique_vector
+from .vector import (
+    SPANS,
+    Context,
+    Control,
+    CritiqueVector,
+    Method,
+    Pool,
+    Span,
+    critique_vector,
+    shuffled_control,
+)
 
 __all__ = [
     "ALPHAS",
@@ -14,6 +24,7 @@ __all__ = [
     "STUDY_MODEL",
     "Arm",
     "Context",
+    "Control",
     "CritiqueConfig",
     "CritiqueStudy",
     "CritiqueVector",
@@ -28,4 +39,5 @@ __all__ = [
     "register",
     "resumable",
     "run",
+    "shuffled_control",
 ]

@@ -1,5 +1,6 @@
 """The error-detection evaluation a critique vector is judged by: the model judges solutions step by step
-(P(True) per step) while steered, detection vs alpha, against a random direction of equal norm.
+(P(True) per step) while steered, detection vs alpha, against two controls of equal norm: a random direction
+and the vector built from the same activations with shuffled labels.
 
 Held-out discipline: detection is measured on a separate synthetic set (another seed); the verdict threshold
 is calibrated on a third set with the unsteered model and then held fixed for every alpha and vector.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,15 @@ from steerlens.stats import N_BOOT, Estimate, auroc, bootstrap
 from steerlens.steering import RowSteering
 from steerlens.steering.vector import SteeringVector, Units
 
-from .vector import CritiqueVector
+from .vector import Control, CritiqueVector
 
-Arm = Literal["critique", "random"]  # the critique vector, or its control: a random direction of equal norm
+Arm = Literal["critique", Control]  # the critique vector, or one of its controls of equal norm
+CONTROLS: tuple[Control, ...] = get_args(Control)
+LABELS: dict[str, str] = {
+    "critique": "critique vector",
+    "random": "random direction, equal norm",
+    "shuffled": "shuffled labels, equal norm",
+}
 ALPHAS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2)
 
 
@@ -64,7 +71,8 @@ class DetectionPoint:
 
 @dataclass(frozen=True)
 class DetectionSweep:
-    """Error detection vs steering strength for the critique vector and its random control."""
+    """Error detection vs steering strength for the critique vector and its controls (runs saved before the
+    shuffled-label control have the random one only)."""
 
     points: tuple[DetectionPoint, ...]
     p_true_auroc: float  # unsteered P(True) of the full solution as a detector (baseline)
@@ -73,11 +81,16 @@ class DetectionSweep:
     def series(self, vector: Arm) -> list[DetectionPoint]:
         return sorted((p for p in self.points if p.vector == vector), key=lambda p: p.alpha)
 
+    @property
+    def controls(self) -> list[Control]:
+        """The control arms this sweep has."""
+        return [c for c in CONTROLS if self.series(c)]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
             "p_true_auroc": self.p_true_auroc,
-            "slope_p_error_per_alpha": {"critique": self.slope("critique"), "random": self.slope("random")},
+            "slope_p_error_per_alpha": {a: self.slope(a) for a in ("critique", *self.controls)},
             "points": [p.to_dict() for p in self.points],
         }
 
@@ -112,30 +125,32 @@ class DetectionSweep:
         return float(np.polyfit(a, y, 1)[0]) if len(pts) > 1 else float("nan")
 
     def verdict(self) -> str:
-        """One honest sentence: does the critique vector beat its random control anywhere, beyond the CIs?"""
-        crit, rand = self.series("critique"), self.series("random")
+        """One honest sentence: does the critique vector beat the unsteered model and every control at some
+        alpha, beyond the CIs?"""
+        crit = self.series("critique")
         base = next((p for p in crit if p.alpha == 0), crit[0])
+        ctrls = [self.series(c) for c in self.controls]
         wins = [
             c.alpha
-            for c, r in zip(crit, rand, strict=True)
-            if c.accuracy.lo > max(r.accuracy.hi, base.accuracy.hi)
+            for c, *rs in zip(crit, *ctrls, strict=True)
+            if c.accuracy.lo > max([base.accuracy.hi] + [r.accuracy.hi for r in rs])
         ]
-        slopes = (
-            f"; mean P(error) vs alpha has slope {self.slope('critique'):+.3f} for the critique vector and "
-            f"{self.slope('random'):+.3f} for the random control"
+        names = " and ".join(LABELS[c].split(",")[0] for c in self.controls)
+        slopes = "; mean P(error) vs alpha has slope " + ", ".join(
+            f"{self.slope(a):+.3f} for the {LABELS[a].split(',')[0]}" for a in ("critique", *self.controls)
         )
         if wins:
             return (
-                "critique steering raises detection accuracy above both the unsteered model and the random "
-                f"control at alpha {wins}" + slopes
+                f"critique steering raises detection accuracy above the unsteered model and the controls ({names}) "
+                f"at alpha {wins}" + slopes
             )
         return (
-            "no alpha raises detection accuracy above both the unsteered model and the random control beyond "
-            f"the 95% CIs (unsteered accuracy {base.accuracy})" + slopes
+            f"no alpha raises detection accuracy above both the unsteered model and the controls ({names}) "
+            f"beyond the 95% CIs (unsteered accuracy {base.accuracy})" + slopes
         )
 
     def figure(self) -> go.Figure:
-        """Left: binary detection accuracy vs alpha (critique vs random control, 95% CIs). Right: the mean
+        """Left: binary detection accuracy vs alpha (critique vs its controls, 95% CIs). Right: the mean
         P(error) the model assigns to erroneous and to clean solutions, which shows the dose-response even
         where the thresholded decision does not move."""
         from plotly.subplots import make_subplots
@@ -149,19 +164,20 @@ class DetectionSweep:
         )
         fig = make_subplots(rows=1, cols=2, subplot_titles=("detection accuracy", "mean P(error)"))
         fig.update_layout(template=base.layout.template, title=base.layout.title, width=1000)
-        arms: tuple[tuple[Arm, str, str | None], ...] = (
-            ("critique", PALETTE[0], None),
-            ("random", GREY, "dot"),
-        )
-        for name, colour, dash in arms:
-            self._add_arm(fig, name, colour, dash)
+        style: dict[Arm, tuple[str, str | None]] = {
+            "critique": (PALETTE[0], None),
+            "random": (GREY, "dot"),
+            "shuffled": (PALETTE[2], "dash"),
+        }
+        for name in ("critique", *self.controls):
+            self._add_arm(fig, name, *style[name])
         fig.add_hline(y=0.5, line_color="#bbb", line_width=1, row=1, col=1)
         fig.update_xaxes(title_text=f"alpha ({s.get('units')} units)")
         return fig
 
     def _add_arm(self, fig: go.Figure, name: Arm, colour: str, dash: str | None) -> None:
         pts = self.series(name)
-        label = "critique vector" if name == "critique" else "random direction, equal norm"
+        label = LABELS[name]
         alphas = [p.alpha for p in pts]
         sub = line_with_band(
             new_figure("", "", ""),
@@ -204,7 +220,8 @@ def detection_sweep(
     batch_size: int = 16,
 ) -> DetectionSweep:
     """Judge every step of ``items`` (P(True) per step, one forward per item) while steering at ``cv.layer``
-    with each alpha, for the critique vector and a random direction of equal norm (alpha 0, unsteered, is
+    with each alpha, for the critique vector and its controls of equal norm (``CritiqueVector.controls``:
+    a random direction, and the shuffled-label vector where it was built; alpha 0, unsteered, is
     shared). A step counts as flagged when P(True) < threshold; the threshold is 0.5, or, given
     ``calibration`` items (a separate set), the one maximising the unsteered model's balanced accuracy there,
     then held fixed for every alpha and vector.
@@ -252,15 +269,14 @@ def _step_probs(
     batch_size: int,
 ) -> dict[tuple[Arm, float], list[np.ndarray]]:
     """P(True) per step of every item, per (vector, alpha); all steered alphas of a vector share one batch."""
-    vectors: dict[Arm, SteeringVector] = {
-        "critique": cv.at_layer,
-        "random": cv.at_layer.random_like(seed + 1),
-    }
+    vectors: dict[Arm, SteeringVector] = {"critique": cv.at_layer}
+    for name, vec in cv.controls(seed + 1).items():
+        vectors[name] = vec
     steered = [a for a in alphas if a != 0]
     probs: dict[tuple[Arm, float], list[np.ndarray]] = {}
     if 0 in alphas or 0.0 in alphas:
         unsteered = step_p_true(model, items, batch_size=batch_size)
-        probs[("critique", 0.0)] = probs[("random", 0.0)] = unsteered
+        probs.update({(name, 0.0): unsteered for name in vectors})
     for name, vec in vectors.items():
         if not steered:
             continue

@@ -1,7 +1,7 @@
 """The critique study end to end: error-injected reasoning on synthetic problems, probes per layer and the
-critique vector (layer chosen on validation), then error detection vs alpha with a random control on a
-separate synthetic set. ``run`` checkpoints into its directory and a rerun resumes; ``CritiqueStudy.load``
-rebuilds a finished run from that directory.
+critique vector (layer chosen on validation), then error detection vs alpha with its controls (a random
+direction and a shuffled-label vector, both of equal norm) on a separate synthetic set. ``run`` checkpoints
+into its directory and a rerun resumes; ``CritiqueStudy.load`` rebuilds a finished run from that directory.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from .vector import CritiqueVector, Method, Span, critique_vector, sweep_from_di
 
 Mode = Literal["generated", "templated"]  # the model's own chain of thought, or the reference solution
 
-RECORDS, VECTOR, PROBE, METRICS, CONFIG = (
+RECORDS, VECTOR, PROBE, METRICS, CONFIG, SHUFFLED = (
     "records.jsonl",
     "critique_vector.safetensors",
     "critique_probe.safetensors",
     "metrics.json",
     "config.json",
+    "shuffled_control.safetensors",
 )
 
 
@@ -194,6 +195,8 @@ class CritiqueStudy:
         out.mkdir(parents=True, exist_ok=True)
         self.run.save(out / RECORDS)
         self.critique.vector.save(out / VECTOR)
+        if self.critique.shuffled is not None:
+            self.critique.shuffled.save(out / SHUFFLED)
         if self.critique.probe is not None:
             self.critique.probe.save(out / PROBE, layer=self.critique.layer)
         write_json(out / METRICS, self.summary())
@@ -226,6 +229,7 @@ class CritiqueStudy:
             metrics["probe"]["span"],
             probe,
             metrics["probe"].get("vector_settings", {}),
+            SteeringVector.load(out / SHUFFLED, model=model) if (out / SHUFFLED).is_file() else None,
         )
         run = InjectionRun.load(out / RECORDS)
         return cls(cfg, run, cv, DetectionSweep.from_dict(metrics["detection"]))
@@ -248,7 +252,7 @@ def run(
     model: Model, cfg: CritiqueConfig, out: str | Path | None = None, *, progress: bool = True
 ) -> CritiqueStudy:
     """The critique pipeline: error-injected reasoning on ``cfg.n`` problems, probes per layer and the
-    critique vector, error detection vs alpha with a random control. With ``out``, the records and the
+    critique vector, error detection vs alpha with its two controls. With ``out``, the records and the
     activations are checkpointed there and a rerun resumes; ``save`` writes the rest.
 
     Example:
@@ -276,7 +280,7 @@ def run(
     say.note(
         f"layer {cv.layer} (chosen on validation): test AUROC {sc.auroc:.3f}, shuffled {sc.shuffled_auroc:.3f}"
     )
-    say.stage(f"error detection vs alpha on {cfg.n_detect} held-out items (+ random control)")
+    say.stage(f"error detection vs alpha on {cfg.n_detect} held-out items (+ random and shuffled controls)")
     items = synthetic_detection_set(cfg.n_detect, seed=cfg.seed + 1_000)
     calib = synthetic_detection_set(cfg.n_calibrate, seed=cfg.seed + 2_000) if cfg.n_calibrate else []
     det = detection_sweep(

@@ -33,6 +33,7 @@ Span = Literal["injected", "after", "answer"]  # the trace tokens a vector and i
 Pool = Literal["mean", "last"]  # how a span's tokens become one row
 Context = Literal["question", "prompt"]  # what precedes the trace when collecting
 SPANS: tuple[Span, ...] = get_args(Span)
+Control = Literal["random", "shuffled"]  # a random direction; the vector built with shuffled labels
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,19 @@ class CritiqueVector:
     span: Span
     probe: Logistic | None = None  # the error probe at ``layer``, fitted on the training split
     settings: dict[str, Any] = field(default_factory=dict)
+    shuffled: SteeringVector | None = None  # the shuffled-label control (equal norms); None in older runs
 
     @property
     def at_layer(self) -> SteeringVector:
         return self.vector.select([self.layer])
+
+    def controls(self, seed: int) -> dict[Control, SteeringVector]:
+        """The controls of equal norm at ``layer``: a random direction (``seed``) and, where the vector was
+        built with it, the shuffled-label vector."""
+        out: dict[Control, SteeringVector] = {"random": self.at_layer.random_like(seed)}
+        if self.shuffled is not None:
+            out["shuffled"] = self.shuffled.select([self.layer])
+        return out
 
 
 def critique_vector(
@@ -101,7 +111,42 @@ def critique_vector(
     settings = dict(span=span, method=method, pool=pool, seed=seed, context=context, n_pairs=n)
     y = torch.tensor(labels)[torch.as_tensor(train)]
     probe = fit_logistic(feats[sweep.best_layer][torch.as_tensor(train)], y)
-    return CritiqueVector(vec, sweep.best_layer, sweep, span, probe, settings)
+    shuffled = shuffled_control(vec, feats, train, n, method, seed)
+    return CritiqueVector(vec, sweep.best_layer, sweep, span, probe, settings, shuffled)
+
+
+def shuffled_control(
+    vec: SteeringVector,
+    feats: dict[int, Float[Tensor, "rows d"]],
+    train: np.ndarray,
+    n: int,
+    method: Method,
+    seed: int,
+) -> SteeringVector:
+    """The shuffled-label control of ``vec``: each training problem's corrupted and clean rows swap labels on
+    a seeded coin flip (labels permuted within problems, as the pairing requires), the same ``method`` builds
+    directions from them, and they take ``vec``'s norms, so every unit of alpha means the same for both.
+
+    Why: a random direction is nearly orthogonal to everything the residual stream carries; this control
+    lives in the span of the same activations and differs from the vector only in the labels.
+    """
+    bad = np.array([i for i in train if i < n])
+    flip = np.random.default_rng(seed + 2).random(len(bad)) < 0.5
+    pos, neg = torch.as_tensor(np.where(flip, bad + n, bad)), torch.as_tensor(np.where(flip, bad, bad + n))
+    ctl = vector_from_activations(
+        {l: x[pos] for l, x in feats.items()},
+        {l: x[neg] for l, x in feats.items()},
+        model_id=vec.model_id,
+        d_model=vec.d_model,
+        method=method,
+        seed=seed,
+    )
+    return dataclasses.replace(
+        vec,
+        directions=ctl.directions,
+        method=f"shuffled-labels({method}, seed={seed})",
+        settings={**vec.settings, "control": "shuffled labels", "n_flipped": int(flip.sum())},
+    )
 
 
 def _span_features(

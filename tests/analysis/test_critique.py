@@ -88,11 +88,44 @@ def test_probe_intervals_use_the_study_bootstrap_count(cv):
     assert cv.sweep.settings["n_boot"] == N_BOOT  # one count for every interval (was 500 for the probes)
 
 
+def test_shuffled_label_control_is_the_training_pairs_with_flipped_signs(smol, run, cv):
+    """With method "mean" the vector is the mean of the training pairs' differences d_k (corrupted - clean)
+    and the control is the mean of s_k d_k, s_k = -1 where the pair's labels were flipped. Solved back onto
+    the d_k (independent rows: fewer pairs than d_model), its coefficients are +-c with the flipped ones
+    negative; test-split pairs take no part; the norms are the vector's, so alphas mean the same."""
+    from steerlens.analysis.critique.vector import _span_features
+
+    feats, ids, _ = _span_features(smol, run, "answer", "mean", "question", 8, None, False)
+    n = len(ids)
+    train = [i for i in group_split(ids + ids, (0.6, 0.2, 0.2), 0)[0] if i < n]
+    sh = cv.shuffled
+    assert sh.raw_norms == cv.vector.raw_norms and sh.resid_norms == cv.vector.resid_norms
+    for layer in (cv.layer, 0, smol.cfg.n_layers - 1):
+        x = feats[layer].double()
+        d = x[:n] - x[n:]  # every problem's pair difference, test split included
+        coef = torch.linalg.lstsq(d.T, sh.directions[layer].double()).solution
+        assert torch.allclose(d.T @ coef, sh.directions[layer].double(), atol=1e-4)
+        held_out = [i for i in range(n) if i not in train]
+        assert coef[held_out].abs().max() < 1e-3 * coef[train].abs().max()
+        mags = coef[train].abs()
+        assert (mags.max() - mags.min()) / mags.mean() < 1e-3
+        assert int((coef[train] < 0).sum()) == sh.settings["n_flipped"]
+    assert 0 < sh.settings["n_flipped"] < len(train)
+    cos = torch.dot(sh.directions[cv.layer], cv.vector.directions[cv.layer]).item()
+    assert abs(cos) < 0.9, cos
+
+
 def test_detection_sweep_controls(cv, det):
     ds = det
-    crit, rand = ds.series("critique"), ds.series("random")
-    assert [p.alpha for p in crit] == [-0.1, 0.0, 0.1] == [p.alpha for p in rand]
+    crit, rand, shuf = ds.series("critique"), ds.series("random"), ds.series("shuffled")
+    assert ds.controls == ["random", "shuffled"]
+    assert [p.alpha for p in crit] == [-0.1, 0.0, 0.1] == [p.alpha for p in rand] == [p.alpha for p in shuf]
     assert (crit[1].accuracy, crit[1].f1) == (rand[1].accuracy, rand[1].f1)  # alpha 0: one unsteered run
+    assert (crit[1].accuracy, crit[1].f1) == (shuf[1].accuracy, shuf[1].f1)
+    assert shuf[0].mean_p_error_on_errors != shuf[2].mean_p_error_on_errors
+    assert set(ds.to_dict()["slope_p_error_per_alpha"]) == {"critique", "random", "shuffled"}
+    names = {t.name for t in ds.figure().data}
+    assert "shuffled labels" in ds.verdict() and "shuffled labels, equal norm: clean" in names
     for p in ds.points:
         assert p.accuracy.lo <= p.accuracy.value <= p.accuracy.hi
         # the same predictions in BIG-Bench-Mistake's format: its scorer agrees with ProcessBench's
@@ -214,6 +247,7 @@ def test_save_then_load_rebuilds_the_study(smol, run, cv, det, tmp_path):
     assert back.critique.layer == cv.layer and back.critique.settings == cv.settings
     assert torch.equal(back.critique.probe.w, cv.probe.w)
     assert torch.equal(back.critique.at_layer.directions[cv.layer], cv.at_layer.directions[cv.layer])
+    assert torch.equal(back.critique.shuffled.directions[cv.layer], cv.shuffled.directions[cv.layer])
     assert back.run.records == run.records
     for name, fig in study.figures().items():
         assert back.figures()[name].to_json() == fig.to_json(), name
