@@ -86,11 +86,16 @@ class DetectionSweep:
         """The control arms this sweep has."""
         return [c for c in CONTROLS if self.series(c)]
 
+    @property
+    def arms(self) -> list[Arm]:
+        """The critique vector, then its controls."""
+        return ["critique", *self.controls]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
             "p_true_auroc": self.p_true_auroc,
-            "slope_p_error_per_alpha": {a: self.slope(a) for a in ("critique", *self.controls)},
+            "slope_p_error_per_alpha": {a: self.slope(a) for a in self.arms},
             "points": [p.to_dict() for p in self.points],
         }
 
@@ -137,7 +142,7 @@ class DetectionSweep:
         ]
         names = " and ".join(LABELS[c].split(",")[0] for c in self.controls)
         slopes = "; mean P(error) vs alpha has slope " + ", ".join(
-            f"{self.slope(a):+.3f} for the {LABELS[a].split(',')[0]}" for a in ("critique", *self.controls)
+            f"{self.slope(a):+.3f} for the {LABELS[a].split(',')[0]}" for a in self.arms
         )
         if wins:
             return (
@@ -169,7 +174,7 @@ class DetectionSweep:
             "random": (GREY, "dot"),
             "shuffled": (PALETTE[2], "dash"),
         }
-        for name in ("critique", *self.controls):
+        for name in self.arms:
             self._add_arm(fig, name, *style[name])
         fig.add_hline(y=0.5, line_color="#bbb", line_width=1, row=1, col=1)
         fig.update_xaxes(title_text=f"alpha ({s.get('units')} units)")
@@ -270,8 +275,8 @@ def _step_probs(
 ) -> dict[tuple[Arm, float], list[np.ndarray]]:
     """P(True) per step of every item, per (vector, alpha); all steered alphas of a vector share one batch."""
     vectors: dict[Arm, SteeringVector] = {"critique": cv.at_layer}
-    for name, vec in cv.controls(seed + 1).items():
-        vectors[name] = vec
+    for control, vec in cv.controls(seed + 1).items():
+        vectors[control] = vec
     steered = [a for a in alphas if a != 0]
     probs: dict[tuple[Arm, float], list[np.ndarray]] = {}
     if 0 in alphas or 0.0 in alphas:
