@@ -1,6 +1,7 @@
 """The test-time scaling study: parallel (majority / best-of-N / weighted over N samples) and sequential
 ("Wait" rounds) scaling on held-out synthetic problems, unsteered vs steered with a critique run's vector vs
-a random direction of equal norm (the control); best-of-N is scored by the critique probe at its own layer.
+its controls of equal norm (a random direction, and the run's shuffled-label vector); best-of-N is scored by
+the critique probe at its own layer.
 
 The loops themselves are mechanism (``steering.tts``); this module is the study: ``ScalingConfig``,
 ``run(model, cfg, critique)`` -> ``ScalingStudy`` with ``save`` / ``load`` and the report section.
@@ -9,28 +10,24 @@ The loops themselves are mechanism (``steering.tts``); this module is the study:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
-import numpy as np
 import plotly.graph_objects as go
 
 from steerlens.config import StudyConfig, SubParsers
 from steerlens.errors import SteerlensError
-from steerlens.figures import PALETTE, line_with_band, new_figure, save_figures
+from steerlens.figures import save_figures
 from steerlens.files import read_json, write_json
 from steerlens.generation import Engine
 from steerlens.model import Model
 from steerlens.probes.linear import Logistic
 from steerlens.progress import Stages
-from steerlens.stats import N_BOOT, Estimate
+from steerlens.stats import N_BOOT
 from steerlens.steering.apply import Intervention
 from steerlens.steering.tts import (
-    ParallelResult,
-    Round,
-    SequentialResult,
     parallel,
     probe_verifier,
     wait_stacking,
@@ -38,8 +35,9 @@ from steerlens.steering.tts import (
 from steerlens.steering.vector import SteeringVector, Units
 from steerlens.tasks import Problem, arithmetic_problems
 
-from .critique import STUDY_MODEL, CritiqueStudy
+from .critique import STUDY_MODEL, Control, CritiqueStudy
 from .report import Section
+from .scaling_curves import ScalingComparison
 from .study import add_study_command
 
 SUMMARY, RESULTS, CONFIG = "tts.json", "tts_results.json", "config.json"
@@ -59,6 +57,8 @@ class ScalingConfig(StudyConfig):
     units: what alpha multiplies ('resid': the mean per-token residual norm at the layer)
     layer: steering layer (default: the layer the critique run chose; the probe always reads its own layer)
     seed: samples and the random control's direction
+    controls: steering controls of equal norm beside the vector: 'random' (a random direction), 'shuffled'
+        (the critique run's shuffled-label vector; runs saved before it have none: pass --controls random)
     n_boot: bootstrap resamples for every interval the study reports
     engine: decoding engine: 'hf' (transformers generate) or 'vllm' (one continuous batch; `make vllm`)
     """
@@ -76,109 +76,9 @@ class ScalingConfig(StudyConfig):
     units: Units = "resid"
     layer: int | None = None
     seed: int = 0
+    controls: tuple[Control, ...] = get_args(Control)
     n_boot: int = N_BOOT
     engine: Engine = "hf"
-
-
-@dataclass(frozen=True)
-class ScalingComparison:
-    """Accuracy-vs-N and accuracy-vs-rounds curves for several conditions (e.g. unsteered, critique-steered,
-    random-control-steered), drawn in one figure with 95% CIs (``n_boot`` resamples, JSON and figure alike)."""
-
-    parallel: dict[str, ParallelResult]
-    sequential: dict[str, SequentialResult]
-    settings: dict[str, Any] = field(default_factory=dict)
-    n_boot: int = N_BOOT
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"settings": self.settings, "parallel": {}, "sequential": {}}
-        for name, pr in self.parallel.items():
-            out["parallel"][name] = {
-                how: [
-                    {**e.to_dict(), "samples": n, "tokens": t}
-                    for n, t, e in pr.curve(how, n_boot=self.n_boot)
-                ]
-                for how in pr.aggregations()
-            }
-        for name, sr in self.sequential.items():
-            out["sequential"][name] = {
-                "accuracy": [e.to_dict() for e in sr.accuracy(self.n_boot)],
-                "tokens": sr.tokens().mean(0).tolist(),
-                "transitions": [{k: v.to_dict() for k, v in t.items()} for t in sr.transitions(self.n_boot)],
-            }
-        return out
-
-    def figure(self) -> go.Figure:
-        """Three panels sharing the accuracy axis: vs N (majority solid, best-of-N dashed, weighted dotted),
-        vs 'Wait' rounds, and vs generated tokens per problem (parallel circles, sequential squares)."""
-        from plotly.subplots import make_subplots
-
-        base = new_figure(f"Test-time scaling ({self.settings.get('model')})", "", "")
-        fig = make_subplots(
-            rows=1,
-            cols=3,
-            shared_yaxes=True,
-            subplot_titles=("parallel: N samples", "sequential: 'Wait' rounds", "accuracy vs compute"),
-        )
-        fig.update_layout(template=base.layout.template, title=base.layout.title, width=1200, height=440)
-        add = self._adder(fig)
-        dashes = {"majority": None, "best": "dash", "weighted": "dot"}
-        for name, pr in self.parallel.items():
-            for how in pr.aggregations():
-                pts = pr.curve(how, n_boot=self.n_boot)
-                label = name if how == "majority" else f"{name}, {how}"
-                add(
-                    name,
-                    label,
-                    [n for n, _, _ in pts],
-                    [e for *_, e in pts],
-                    1,
-                    dash=dashes[how],
-                    legend=True,
-                    band=how == "majority",
-                )
-            pts = pr.curve("majority", n_boot=self.n_boot)
-            add(name, name, [t for _, t, _ in pts], [e for *_, e in pts], 3, symbol="circle")
-        for name, sr in self.sequential.items():
-            acc = sr.accuracy(self.n_boot)
-            add(name, name, list(range(len(acc))), acc, 2)
-            add(name, name, sr.tokens().mean(0).tolist(), acc, 3, symbol="square", dash="dash")
-        fig.update_xaxes(title_text="samples N", type="log", dtick=np.log10(2), row=1, col=1)
-        fig.update_xaxes(title_text="rounds of 'Wait'", dtick=1, row=1, col=2)
-        fig.update_xaxes(
-            title_text="generated tokens per problem", type="log", dtick=np.log10(2), row=1, col=3
-        )
-        fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=1)
-        fig.update_yaxes(range=[0, 1])
-        return fig
-
-    def _adder(self, fig: go.Figure) -> Callable[..., None]:
-        """``add(name, label, xs, estimates, col, **style)``: one curve (a band only where ``band``) in the
-        condition's colour and legend group."""
-        colours = {
-            name: PALETTE[k % len(PALETTE)]
-            for k, name in enumerate(dict.fromkeys([*self.parallel, *self.sequential]))
-        }
-
-        def add(name: str, label: str, xs: list[float], est: list[Estimate], col: int, **style: Any) -> None:
-            sub = line_with_band(
-                new_figure("", "", ""),
-                xs,
-                [e.value for e in est],
-                [e.lo for e in est] if style.get("band", True) else None,  # one band per condition per panel
-                [e.hi for e in est] if style.get("band", True) else None,
-                label,
-                colours[name],
-                dash=style.get("dash"),
-            )
-            for tr in sub.data:
-                tr.legendgroup = name
-                tr.showlegend = bool(style.get("legend")) and tr.showlegend is not False
-                if style.get("symbol") and tr.mode:
-                    tr.marker.symbol = style["symbol"]
-                fig.add_trace(tr, row=1, col=col)
-
-        return add
 
 
 def held_out_problems(cfg: ScalingConfig) -> list[Problem]:
@@ -201,11 +101,13 @@ def scaling_comparison(
     *,
     probe: Logistic | None = None,
     probe_layer: int | None = None,
+    shuffled: SteeringVector | None = None,
     progress: bool = True,
 ) -> ScalingComparison:
-    """The three conditions (unsteered; ``vector`` at ``layer`` on generated tokens; a random direction of
-    equal norm) under parallel and sequential scaling. ``probe`` scores samples for best-of-N at
-    ``probe_layer``, the layer it was fitted on, which need not be the steering ``layer``."""
+    """The conditions (unsteered; ``vector`` at ``layer`` on generated tokens; each of ``cfg.controls`` of
+    equal norm likewise) under parallel and sequential scaling. ``shuffled``: the shuffled-label control
+    (``CritiqueVector.shuffled``), needed when ``cfg.controls`` has it. ``probe`` scores samples for best-of-N
+    at ``probe_layer``, the layer it was fitted on, which need not be the steering ``layer``."""
     if probe is not None and probe_layer is None:
         raise SteerlensError(
             "probe given without probe_layer: a probe only means something at the layer it was fitted on "
@@ -213,7 +115,7 @@ def scaling_comparison(
         )
     say = Stages("tts", 3, progress)
     problems = held_out_problems(cfg)
-    conditions = _conditions(vector.select([layer]), cfg)
+    conditions = _conditions(vector.select([layer]), cfg, shuffled and shuffled.select([layer]))
     verifier = None  # one probe scores every condition's samples
     if probe is not None and probe_layer is not None:
         verifier = probe_verifier(model, probe, probe_layer, name="critique_probe")
@@ -247,18 +149,25 @@ def scaling_comparison(
     return ScalingComparison(par, seq, settings, n_boot=cfg.n_boot)
 
 
-def _conditions(at: SteeringVector, cfg: ScalingConfig) -> dict[str, list[Intervention]]:
-    """Unsteered; the vector on generated tokens; a random direction of equal norm likewise."""
-    control = at.random_like(cfg.seed + 1)
-    return {
-        "unsteered": [],
-        f"critique (alpha {cfg.alpha})": [
-            Intervention(at, alpha=cfg.alpha, units=cfg.units, positions="generated")
-        ],
-        f"random control (alpha {cfg.alpha})": [
-            Intervention(control, alpha=cfg.alpha, units=cfg.units, positions="generated")
-        ],
-    }
+def _conditions(
+    at: SteeringVector, cfg: ScalingConfig, shuffled: SteeringVector | None
+) -> dict[str, list[Intervention]]:
+    """Unsteered; the vector on generated tokens; each control of ``cfg.controls`` likewise."""
+    vectors = {"critique": at, "random": at.random_like(cfg.seed + 1)}
+    if shuffled is not None:
+        vectors["shuffled"] = shuffled
+    elif "shuffled" in cfg.controls:
+        raise SteerlensError(
+            "controls include 'shuffled', but the critique run has no shuffled-label vector (runs saved before "
+            "it existed): rerun `steerlens critique`, or pass --controls random"
+        )
+    names = {"critique": "critique", "random": "random control", "shuffled": "shuffled-label control"}
+    out: dict[str, list[Intervention]] = {"unsteered": []}
+    for arm in ("critique", *cfg.controls):
+        out[f"{names[arm]} (alpha {cfg.alpha})"] = [
+            Intervention(vectors[arm], alpha=cfg.alpha, units=cfg.units, positions="generated")
+        ]
+    return out
 
 
 @dataclass(frozen=True)
@@ -280,8 +189,8 @@ class ScalingStudy:
         sec = Section("tts", "Test-time scaling, steered vs unsteered")
         sec.text = (
             "Parallel sampling (majority vote, best-of-N by the critique probe, weighted voting) and sequential "
-            "'Wait' rounds with budget forcing, unsteered vs critique-steered vs a random direction of equal "
-            "norm, on held-out problems."
+            "'Wait' rounds with budget forcing, unsteered vs critique-steered vs controls of equal norm (a random "
+            "direction; the shuffled-label vector), on held-out problems."
         )
         for name, curves in d["parallel"].items():
             last = curves["majority"][-1]
@@ -297,7 +206,7 @@ class ScalingStudy:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / SUMMARY, self.summary())
-        write_json(out / RESULTS, _results_to_dict(self.comparison))
+        write_json(out / RESULTS, self.comparison.results())
         write_json(out / CONFIG, self.config.to_dict())
         save_figures(self.figures(), out, formats=formats)
         return out
@@ -312,36 +221,8 @@ class ScalingStudy:
             raise SteerlensError(f"{out} {what}; run `steerlens tts --critique DIR --out {out}` to make it")
         cfg = ScalingConfig.from_dict(read_json(out / CONFIG))
         raw = read_json(out / RESULTS)
-        comp = ScalingComparison(
-            {k: _parallel_from_dict(v) for k, v in raw["parallel"].items()},
-            {k: _sequential_from_dict(v) for k, v in raw["sequential"].items()},
-            read_json(out / SUMMARY)["settings"],
-            n_boot=cfg.n_boot,
-        )
+        comp = ScalingComparison.from_results(raw, read_json(out / SUMMARY)["settings"], n_boot=cfg.n_boot)
         return cls(cfg, comp)
-
-
-def _results_to_dict(comp: ScalingComparison) -> dict[str, Any]:
-    return {
-        "parallel": {k: asdict(v) for k, v in comp.parallel.items()},
-        "sequential": {k: asdict(v) for k, v in comp.sequential.items()},
-    }
-
-
-def _parallel_from_dict(d: dict[str, Any]) -> ParallelResult:
-    return ParallelResult(
-        problem_ids=tuple(d["problem_ids"]),
-        truths=tuple(d["truths"]),
-        answers=tuple(tuple(a) for a in d["answers"]),
-        scores=None if d["scores"] is None else tuple(tuple(s) for s in d["scores"]),
-        tokens=tuple(tuple(t) for t in d["tokens"]),
-        settings=d["settings"],
-    )
-
-
-def _sequential_from_dict(d: dict[str, Any]) -> SequentialResult:
-    rounds = tuple(tuple(Round(**r) for r in rs) for rs in d["rounds"])
-    return SequentialResult(tuple(d["problem_ids"]), rounds, d["settings"])
 
 
 def run(
@@ -352,9 +233,9 @@ def run(
     *,
     progress: bool = True,
 ) -> ScalingStudy:
-    """Scale unsteered, critique-steered and random-control-steered: the vector of the ``critique`` run at
-    ``cfg.layer`` (default: the layer that run chose), best-of-N scored by its probe at the probe's own
-    layer. The loops keep no checkpoints, so ``out`` is not written to; ``save`` writes the run.
+    """Scale unsteered, critique-steered and control-steered (``cfg.controls``): the vector of the
+    ``critique`` run at ``cfg.layer`` (default: the layer that run chose), best-of-N scored by its probe at the
+    probe's own layer. The loops keep no checkpoints, so ``out`` is not written to; ``save`` writes the run.
 
     Example:
         >>> crit = CritiqueStudy.load("runs/critique", model)
@@ -370,8 +251,9 @@ def run(
     )
     layer = cfg.layer if cfg.layer is not None else cv.layer
     comp = scaling_comparison(
-        model, cfg, cv.vector, layer, probe=cv.probe, probe_layer=cv.layer, progress=progress
-    )
+        model, cfg, cv.vector, layer, probe=cv.probe, probe_layer=cv.layer, shuffled=cv.shuffled,
+        progress=progress,
+    )  # fmt: skip
     return ScalingStudy(cfg, comp)
 
 

@@ -103,6 +103,9 @@ def test_config_defaults_flags_and_quick_sizes():
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["tts", "--critique", "somewhere", "--samples", "4", "--layer", "7"])
     assert ScalingConfig.from_args(args) == ScalingConfig(samples=4, layer=7) and args.critique == "somewhere"
+    assert cfg.controls == ("random", "shuffled")
+    args = parser.parse_args(["tts", "--controls", "random"])
+    assert ScalingConfig.from_args(args).controls == ("random",)
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +123,35 @@ def probe(smol):
     return fit_logistic(torch.randn(20, smol.cfg.d_model, generator=g), [0, 1] * 10)
 
 
-def _tiny_critique(vec, layer: int, probe) -> CritiqueStudy:
-    """A critique study holding just what the scaling study reads: the vector, its layer and the probe."""
+def test_controls_are_the_configured_ones_of_equal_norm(vec):
+    at, shuffled = vec.select([10]), vec.random_like(99).select([10])
+    cfg = ScalingConfig.quick()
+    conds = scaling._conditions(at, cfg, shuffled)
+    names = [
+        "unsteered",
+        "critique (alpha 0.1)",
+        "random control (alpha 0.1)",
+        "shuffled-label control (alpha 0.1)",
+    ]
+    assert list(conds) == names and conds["unsteered"] == []
+    iv = {name: ivs[0] for name, ivs in conds.items() if ivs}
+    assert iv[names[3]].vector is shuffled and iv[names[1]].vector is at
+    for name in names[1:]:
+        assert (iv[name].alpha, iv[name].units, iv[name].positions) == (0.1, "resid", "generated")
+        assert iv[name].vector.resid_norms == at.resid_norms and iv[name].vector.raw_norms == at.raw_norms
+    assert list(scaling._conditions(at, cfg.replace(controls=("random",)), None)) == names[:3]
+    with pytest.raises(SteerlensError, match=r"no shuffled-label vector .* pass --controls random"):
+        scaling._conditions(at, cfg, None)
+
+
+def _tiny_critique(vec, layer: int, probe, shuffled: bool = True) -> CritiqueStudy:
+    """A critique study holding just what the scaling study reads: the vector, its layer, the probe and (a
+    stand-in for) the shuffled-label control."""
     score = ProbeScore(layer, 0.5, 0.4, 0.6, 0.5, 0.25, 0.0, 0.5, 0.5, 6, 2, 2)
     est = Estimate(0.5, 0.0, 1.0, 2)
     points = tuple(DetectionPoint(arm, 0.0, est, est, 0.5, 0.5, 0.5, 0.5) for arm in ("critique", "random"))
-    cv = CritiqueVector(vec, layer, LayerSweep((score,), {}), "answer", probe)
+    ctl = vec.random_like(99) if shuffled else None
+    cv = CritiqueVector(vec, layer, LayerSweep((score,), {}), "answer", probe, shuffled=ctl)
     run = InjectionRun((), {"model": "smollm2-135m-instruct"})
     return CritiqueStudy(CritiqueConfig(steps=2, max_operand=7), run, cv, DetectionSweep(points, 0.5, {}))
 
@@ -141,7 +167,10 @@ def test_probe_is_read_at_its_own_layer_and_the_study_round_trips(smol, vec, pro
     with pytest.raises(SteerlensError, match="probe_layer"):
         scaling_comparison(smol, cfg, vec, 10, probe=probe, progress=False)
     study = scaling.run(smol, cfg.replace(layer=10), _tiny_critique(vec, 20, probe), progress=False)
-    assert seen == [20]  # one verifier, at the probe's layer, scores all three conditions
+    assert seen == [20]  # one verifier, at the probe's layer, scores all four conditions
+    assert list(study.comparison.parallel) == [
+        "unsteered", "critique (alpha 0.1)", "random control (alpha 0.1)", "shuffled-label control (alpha 0.1)",
+    ]  # fmt: skip
     assert (study.comparison.settings["layer"], study.comparison.settings["probe_layer"]) == (10, 20)
     # the problems have the critique run's difficulty, where the vector was built
     assert (
