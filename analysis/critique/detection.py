@@ -29,10 +29,10 @@ from .vector import Control, CritiqueVector
 
 Arm = Literal["critique", Control]  # the critique vector, or one of its controls of equal norm
 CONTROLS: tuple[Control, ...] = get_args(Control)
-LABELS: dict[str, str] = {
+LABELS: dict[str, str] = {  # figure legends; the verdict names the arms without ", equal norm"
     "critique": "critique vector",
     "random": "random direction, equal norm",
-    "shuffled": "shuffled labels, equal norm",
+    "shuffled": "shuffled-label vector, equal norm",
 }
 ALPHAS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2)
 
@@ -146,11 +146,11 @@ class DetectionSweep:
         )
         if wins:
             return (
-                f"critique steering raises detection accuracy above the unsteered model and the controls ({names}) "
-                f"at alpha {wins}" + slopes
+                f"critique steering raises detection accuracy above the unsteered model and every control "
+                f"({names}) at alpha {wins}" + slopes
             )
         return (
-            f"no alpha raises detection accuracy above both the unsteered model and the controls ({names}) "
+            f"no alpha raises detection accuracy above the unsteered model and every control ({names}) "
             f"beyond the 95% CIs (unsteered accuracy {base.accuracy})" + slopes
         )
 

@@ -125,7 +125,8 @@ def test_detection_sweep_controls(cv, det):
     assert shuf[0].mean_p_error_on_errors != shuf[2].mean_p_error_on_errors
     assert set(ds.to_dict()["slope_p_error_per_alpha"]) == {"critique", "random", "shuffled"}
     names = {t.name for t in ds.figure().data}
-    assert "shuffled labels" in ds.verdict() and "shuffled labels, equal norm: clean" in names
+    assert "every control (random direction and shuffled-label vector)" in ds.verdict()
+    assert "shuffled-label vector, equal norm: clean" in names
     for p in ds.points:
         assert p.accuracy.lo <= p.accuracy.value <= p.accuracy.hi
         # the same predictions in BIG-Bench-Mistake's format: its scorer agrees with ProcessBench's
