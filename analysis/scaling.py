@@ -113,9 +113,9 @@ def scaling_comparison(
             "probe given without probe_layer: a probe only means something at the layer it was fitted on "
             "(Logistic.load returns it in the metadata as 'layer')"
         )
-    say = Stages("tts", 3, progress)
     problems = held_out_problems(cfg)
     conditions = _conditions(vector.select([layer]), cfg, shuffled and shuffled.select([layer]))
+    say = Stages("tts", len(conditions), progress)
     verifier = None  # one probe scores every condition's samples
     if probe is not None and probe_layer is not None:
         verifier = probe_verifier(model, probe, probe_layer, name="critique_probe")
