@@ -10,7 +10,7 @@ The loops themselves are mechanism (``steering.tts``); this module is the study:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, get_args
@@ -101,20 +101,24 @@ def scaling_comparison(
     *,
     probe: Logistic | None = None,
     probe_layer: int | None = None,
-    shuffled: SteeringVector | None = None,
+    controls: Mapping[Control, SteeringVector] | None = None,
     progress: bool = True,
 ) -> ScalingComparison:
     """The conditions (unsteered; ``vector`` at ``layer`` on generated tokens; each of ``cfg.controls`` of
-    equal norm likewise) under parallel and sequential scaling. ``shuffled``: the shuffled-label control
-    (``CritiqueVector.shuffled``), needed when ``cfg.controls`` has it. ``probe`` scores samples for best-of-N
-    at ``probe_layer``, the layer it was fitted on, which need not be the steering ``layer``."""
+    equal norm likewise) under parallel and sequential scaling. ``controls``: the control vectors at ``layer``
+    (``CritiqueVector.controls``); default: a random direction of equal norm (seed + 1) only. ``probe``
+    scores samples for best-of-N at ``probe_layer``, the layer it was fitted on, which need not be the
+    steering ``layer``."""
     if probe is not None and probe_layer is None:
         raise SteerlensError(
             "probe given without probe_layer: a probe only means something at the layer it was fitted on "
             "(Logistic.load returns it in the metadata as 'layer')"
         )
     problems = held_out_problems(cfg)
-    conditions = _conditions(vector.select([layer]), cfg, shuffled and shuffled.select([layer]))
+    at = vector.select([layer])
+    if controls is None:
+        controls = {"random": at.random_like(cfg.seed + 1)}
+    conditions = _conditions(at, cfg, controls)
     say = Stages("tts", len(conditions), progress)
     verifier = None  # one probe scores every condition's samples
     if probe is not None and probe_layer is not None:
@@ -150,17 +154,16 @@ def scaling_comparison(
 
 
 def _conditions(
-    at: SteeringVector, cfg: ScalingConfig, shuffled: SteeringVector | None
+    at: SteeringVector, cfg: ScalingConfig, controls: Mapping[Control, SteeringVector]
 ) -> dict[str, list[Intervention]]:
     """Unsteered; the vector on generated tokens; each control of ``cfg.controls`` likewise."""
-    vectors = {"critique": at, "random": at.random_like(cfg.seed + 1)}
-    if shuffled is not None:
-        vectors["shuffled"] = shuffled
-    elif "shuffled" in cfg.controls:
+    if "shuffled" in cfg.controls and "shuffled" not in controls:
         raise SteerlensError(
             "controls include 'shuffled', but the critique run has no shuffled-label vector (runs saved before "
             "it existed): rerun `steerlens critique`, or pass --controls random"
         )
+    vectors: dict[str, SteeringVector] = {"critique": at}
+    vectors.update((name, vec) for name, vec in controls.items())
     names = {"critique": "critique", "random": "random control", "shuffled": "shuffled-label control"}
     out: dict[str, list[Intervention]] = {"unsteered": []}
     for arm in ("critique", *cfg.controls):
@@ -251,8 +254,8 @@ def run(
     )
     layer = cfg.layer if cfg.layer is not None else cv.layer
     comp = scaling_comparison(
-        model, cfg, cv.vector, layer, probe=cv.probe, probe_layer=cv.layer, shuffled=cv.shuffled,
-        progress=progress,
+        model, cfg, cv.vector, layer, probe=cv.probe, probe_layer=cv.layer,
+        controls=cv.controls(cfg.seed + 1, layer), progress=progress,
     )  # fmt: skip
     return ScalingStudy(cfg, comp)
 

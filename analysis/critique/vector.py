@@ -52,12 +52,13 @@ class CritiqueVector:
     def at_layer(self) -> SteeringVector:
         return self.vector.select([self.layer])
 
-    def controls(self, seed: int) -> dict[Control, SteeringVector]:
-        """The controls of equal norm at ``layer``: a random direction (``seed``) and, where the vector was
-        built with it, the shuffled-label vector."""
-        out: dict[Control, SteeringVector] = {"random": self.at_layer.random_like(seed)}
+    def controls(self, seed: int, layer: int | None = None) -> dict[Control, SteeringVector]:
+        """The controls of equal norm at ``layer`` (default: the chosen one): a random direction (``seed``)
+        and, where the vector was built with it, the shuffled-label vector."""
+        at = self.layer if layer is None else layer
+        out: dict[Control, SteeringVector] = {"random": self.vector.select([at]).random_like(seed)}
         if self.shuffled is not None:
-            out["shuffled"] = self.shuffled.select([self.layer])
+            out["shuffled"] = self.shuffled.select([at])
         return out
 
 

@@ -124,9 +124,16 @@ def probe(smol):
 
 
 def test_controls_are_the_configured_ones_of_equal_norm(vec):
-    at, shuffled = vec.select([10]), vec.random_like(99).select([10])
+    """The critique run's controls at the steering layer (which may differ from the run's chosen layer): the
+    random direction of that layer's vector and the shuffled-label vector selected there."""
+    cv = CritiqueVector(vec, 20, LayerSweep((), {}), "answer", shuffled=vec.random_like(99))
+    at, controls = vec.select([10]), cv.controls(1, 10)
+    shuffled = controls["shuffled"]
+    assert torch.equal(controls["random"].directions[10], at.random_like(1).directions[10])
+    assert controls["random"].layers == shuffled.layers == [10]
+    assert torch.equal(shuffled.directions[10], vec.random_like(99).directions[10])
     cfg = ScalingConfig.quick()
-    conds = scaling._conditions(at, cfg, shuffled)
+    conds = scaling._conditions(at, cfg, controls)
     names = [
         "unsteered",
         "critique (alpha 0.1)",
@@ -139,9 +146,9 @@ def test_controls_are_the_configured_ones_of_equal_norm(vec):
     for name in names[1:]:
         assert (iv[name].alpha, iv[name].units, iv[name].positions) == (0.1, "resid", "generated")
         assert iv[name].vector.resid_norms == at.resid_norms and iv[name].vector.raw_norms == at.raw_norms
-    assert list(scaling._conditions(at, cfg.replace(controls=("random",)), None)) == names[:3]
+    assert list(scaling._conditions(at, cfg.replace(controls=("random",)), controls)) == names[:3]
     with pytest.raises(SteerlensError, match=r"no shuffled-label vector .* pass --controls random"):
-        scaling._conditions(at, cfg, None)
+        scaling._conditions(at, cfg, {"random": controls["random"]})
 
 
 def _tiny_critique(vec, layer: int, probe, shuffled: bool = True) -> CritiqueStudy:
