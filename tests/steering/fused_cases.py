@@ -123,14 +123,13 @@ def _long(case: dict[str, Any], n: int = 40) -> dict[str, Any]:
     return out
 
 
-def _short_sum(case: dict[str, Any], rel: float = 0.02) -> dict[str, Any]:
+def _short_sum(case: dict[str, Any], seed: int, rel: float = 0.02) -> dict[str, Any]:
     """The case (one ``add_norm``) in fp32 with h = -c u + a random vector of ``rel`` |c u|: h + c u is short
     next to h and c u. Summing |h + c u|^2 as |h|^2 + c (2 h.u + c |u|^2) cancels there; the kernel did, and
     seed 1886705371 found it off by 4.6e-5 on d_model 1."""
     u, c = case["dirs"][0].float(), case["coefs"][0]
     cu = c.unsqueeze(-1) * u
-    g = torch.Generator().manual_seed(int(c.nan_to_num().abs().sum() * 1e6) % 2**31)
-    e = torch.randn(cu.shape, generator=g).to(cu.device)
+    e = torch.randn(cu.shape, generator=torch.Generator().manual_seed(seed)).to(cu.device)
     h = -cu + rel * cu.norm(dim=-1, keepdim=True) * e / e.norm(dim=-1, keepdim=True)
     return dict(case, h=h, dirs=case["dirs"].float())
 
@@ -220,7 +219,7 @@ def main() -> None:
         )
     print("  runs of add_norm (|h| carried from one to the next): ok")
     for _ in range(12):
-        check(fused, _short_sum(random_case(rng, args.device, ops=["add_norm"])))
+        check(fused, _short_sum(random_case(rng, args.device, ops=["add_norm"]), rng.randrange(2**31)))
     print("  add_norm where h + c u is short next to h and c u (cancellation): ok")
     if args.graph:
         check_cuda_graph(fused)
